@@ -1,0 +1,15 @@
+"""lplr_fast: exact empirical NTKs, certified eigenvalue bounds and LPLR diagnostics."""
+
+from __future__ import annotations
+
+from ._backend import backend_info
+from .gram import gram_accumulate, gram_accumulate_reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "backend_info",
+    "gram_accumulate",
+    "gram_accumulate_reference",
+]

@@ -1,0 +1,101 @@
+"""Loads the compiled module ``lplr_fast._C`` and says what it supports.
+
+When the module is missing, was built for another kernel API, or is older than the kernel
+sources next to the package (an editable checkout edited after the build), the package falls
+back to the pure-PyTorch reference implementations and says so once with a warning.
+Set ``LPLR_REQUIRE_NATIVE=1`` to turn that fallback into an error (the test suite does).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from ._source_hash import kernel_source_hash
+
+KERNEL_API_VERSION = 1  # must equal lplr::kKernelApiVersion in csrc/gram.h
+
+_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_state: dict[str, Any] = {"loaded": False, "module": None, "reason": None, "warned": False}
+
+
+class NativeUnavailableError(RuntimeError):
+    """The compiled module is required but absent or stale."""
+
+
+def _try_load() -> tuple[ModuleType | None, str | None]:
+    try:
+        from . import _C  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, f"lplr_fast._C could not be imported ({exc})"
+    info = _C.build_info()
+    if info.get("kernel_api_version") != KERNEL_API_VERSION:
+        return None, (
+            f"lplr_fast._C has kernel API {info.get('kernel_api_version')}, the Python layer "
+            f"expects {KERNEL_API_VERSION}: the build is stale"
+        )
+    if _CSRC.is_dir():
+        current = kernel_source_hash(_CSRC)
+        if info.get("source_hash") != current:
+            return None, (
+                f"lplr_fast._C was built from kernel sources {info.get('source_hash')} but "
+                f"csrc/ now hashes to {current}: the build is stale"
+            )
+    return _C, None
+
+
+def native() -> ModuleType | None:
+    """The compiled module, or None (after one warning) when it is unusable."""
+    if not _state["loaded"]:
+        module, reason = _try_load()
+        _state.update(loaded=True, module=module, reason=reason)
+    if _state["module"] is None:
+        if os.environ.get("LPLR_REQUIRE_NATIVE", "0") == "1":
+            raise NativeUnavailableError(
+                f"{_state['reason']}. Rebuild with: pip install --no-build-isolation --no-deps -e ."
+            )
+        if not _state["warned"]:
+            _state["warned"] = True
+            warnings.warn(
+                f"{_state['reason']}; using the slower pure-PyTorch reference kernels. "
+                "Rebuild with: pip install --no-build-isolation --no-deps -e .",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _state["module"]
+
+
+def supports(device: torch.device) -> bool:
+    """Whether the compiled kernels can run on ``device``."""
+    module = native()
+    if module is None:
+        return False
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and bool(module.build_info()["cuda"])
+
+
+def backend_info() -> dict[str, Any]:
+    """What this installation can do: compiled or not (and why), CPU/CUDA kernels, OpenMP
+    threads, build flags, and the torch it runs on."""
+    module = native()
+    info: dict[str, Any] = {
+        "compiled": module is not None,
+        "fallback_reason": _state["reason"],
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "kernel_api_version": KERNEL_API_VERSION,
+    }
+    if module is None:
+        info.update(cpu=False, cuda=False, openmp=False, openmp_max_threads=0)
+    else:
+        build = dict(module.build_info())
+        info.update(cpu=True, cuda=build.pop("cuda"), openmp=build.pop("openmp"),
+                    openmp_max_threads=build.pop("openmp_max_threads"), build=build)
+    return info

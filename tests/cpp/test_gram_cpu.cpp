@@ -1,0 +1,75 @@
+// C++ test of the CPU Gram kernel against naive loops (run by ctest).
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include "gram.h"
+
+namespace {
+
+int failures = 0;
+
+double naive_entry(const at::Tensor& a1, const at::Tensor& g1, const at::Tensor& a2,
+                   const at::Tensor& g2, double beta, int64_t i, int64_t j, int64_t c, int64_t c2) {
+  double aa = beta, gg = 0.0;
+  auto A1 = a1.accessor<double, 2>(), A2 = a2.accessor<double, 2>();
+  auto G1 = g1.accessor<double, 3>(), G2 = g2.accessor<double, 3>();
+  for (int64_t q = 0; q < a1.size(1); ++q) aa += A1[i][q] * A2[j][q];
+  for (int64_t q = 0; q < g1.size(2); ++q) gg += G1[i][c][q] * G2[j][c2][q];
+  return aa * gg;
+}
+
+void run_case(int64_t n1, int64_t n2, int64_t d, int64_t k, int64_t p, bool symmetric) {
+  const auto opt = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor a1 = at::randn({n1, d}, opt), g1 = at::randn({n1, k, p}, opt);
+  at::Tensor a2 = symmetric ? a1 : at::randn({n2, d}, opt);
+  at::Tensor g2 = symmetric ? g1 : at::randn({n2, k, p}, opt);
+  if (symmetric) n2 = n1;
+  const double beta = 0.5;
+  for (int64_t mode = 0; mode < 3; ++mode) {
+    at::Tensor out = mode == 0 ? at::zeros({n1, n2, k, k}, opt)
+                   : mode == 1 ? at::zeros({n1, n2}, opt)
+                               : at::zeros({n1, n2, k}, opt);
+    const auto shape = lplr::check_gram_args(out, a1, g1, a2, g2, beta, mode, true);
+    lplr::gram_accumulate_cpu(out, a1, g1, a2, g2, beta, shape, symmetric);
+    double max_err = 0.0, max_ref = 0.0;
+    for (int64_t i = 0; i < n1; ++i)
+      for (int64_t j = 0; j < n2; ++j)
+        for (int64_t c = 0; c < k; ++c)
+          for (int64_t c2 = 0; c2 < k; ++c2) {
+            double ref, got;
+            if (mode == 0) {
+              ref = naive_entry(a1, g1, a2, g2, beta, i, j, c, c2);
+              got = out[i][j][c][c2].item<double>();
+            } else if (c2 != c) {
+              continue;
+            } else if (mode == 2) {
+              ref = naive_entry(a1, g1, a2, g2, beta, i, j, c, c);
+              got = out[i][j][c].item<double>();
+            } else {
+              if (c != 0) continue;
+              ref = 0.0;
+              for (int64_t cc = 0; cc < k; ++cc) ref += naive_entry(a1, g1, a2, g2, beta, i, j, cc, cc);
+              got = out[i][j].item<double>();
+            }
+            max_err = std::max(max_err, std::fabs(ref - got));
+            max_ref = std::max(max_ref, std::fabs(ref));
+          }
+    const bool ok = max_err <= 1e-12 * std::max(1.0, max_ref);
+    std::printf("%s n1=%lld n2=%lld k=%lld mode=%lld sym=%d max_err=%.3g\n", ok ? "ok  " : "FAIL",
+                (long long)n1, (long long)n2, (long long)k, (long long)mode, int(symmetric), max_err);
+    failures += ok ? 0 : 1;
+  }
+}
+
+}  // namespace
+
+int main() {
+  at::manual_seed(7);
+  run_case(9, 7, 5, 3, 4, false);
+  run_case(12, 12, 6, 2, 3, true);
+  run_case(1, 1, 1, 1, 1, true);
+  std::printf("%d passed, %d failed\n", 9 - failures, failures);
+  return failures == 0 ? 0 : 1;
+}
