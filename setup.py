@@ -26,7 +26,9 @@ def source_hash() -> str:
     """Hash of the kernel sources, compiled into the module to detect stale builds. The one
     implementation lives in lplr_fast/_source_hash.py (loaded by path: importing the package
     here would try to load the extension being built)."""
-    spec = importlib.util.spec_from_file_location("_src_hash", ROOT / "lplr_fast" / "_source_hash.py")
+    spec = importlib.util.spec_from_file_location(
+        "_src_hash", ROOT / "lplr_fast" / "_source_hash.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.kernel_source_hash(CSRC)
@@ -44,7 +46,9 @@ def find_cuda_home() -> str | None:
     try:
         dry = subprocess.run(
             [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         match = re.search(r"^#\$ TOP=(\S+)", dry.stderr + dry.stdout, re.M)
         if match:
@@ -78,15 +82,17 @@ def extensions() -> list:
     if not with_cuda:
         return [
             cpp_extension.CppExtension(
-                "lplr_fast._C", cpu_sources,
-                extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags,
+                "lplr_fast._C",
+                cpu_sources,
+                extra_compile_args={"cxx": cxx_flags},
+                extra_link_args=link_flags,
             )
         ]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     return [
         cpp_extension.CUDAExtension(
             "lplr_fast._C",
-            cpu_sources + ["csrc/cuda/gram_cuda.cpp", "csrc/cuda/gram_kernels.cu"],
+            [*cpu_sources, "csrc/cuda/gram_cuda.cpp", "csrc/cuda/gram_kernels.cu"],
             define_macros=[("LPLR_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,

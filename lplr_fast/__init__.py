@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from ._backend import backend_info
 from .gram import gram_accumulate, gram_accumulate_reference
+from .ntk import empirical_ntk, ntk_blocks
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "backend_info",
+    "empirical_ntk",
+    "ntk_blocks",
     "gram_accumulate",
     "gram_accumulate_reference",
 ]

@@ -96,6 +96,11 @@ def backend_info() -> dict[str, Any]:
         info.update(cpu=False, cuda=False, openmp=False, openmp_max_threads=0)
     else:
         build = dict(module.build_info())
-        info.update(cpu=True, cuda=build.pop("cuda"), openmp=build.pop("openmp"),
-                    openmp_max_threads=build.pop("openmp_max_threads"), build=build)
+        info.update(
+            cpu=True,
+            cuda=build.pop("cuda"),
+            openmp=build.pop("openmp"),
+            openmp_max_threads=build.pop("openmp_max_threads"),
+            build=build,
+        )
     return info

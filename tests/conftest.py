@@ -7,8 +7,8 @@ import os
 
 os.environ.setdefault("LPLR_REQUIRE_NATIVE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -28,16 +28,22 @@ def rel_err(x, ref):
     return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300)).item()
 
 
-def check(compute, n1, n2, d, k, p, dtype, symmetric, device="cpu", gen=None, beta=0.7,
-          noncontig=False):
+def check(
+    compute, n1, n2, d, k, p, dtype, symmetric, device="cpu", gen=None, beta=0.7, noncontig=False
+):
     a1, g1, a2, g2 = make_inputs(n1, n2, d, k, p, dtype, device, gen, noncontig)
     if symmetric:
         n2, a2, g2 = n1, None, None
     init = torch.randn(gram_out_shape(n1, n2, k, compute), generator=gen, dtype=torch.float64)
-    ref = gram_accumulate_reference(init.clone(), a1.double().cpu(), g1.double().cpu(),
-                                    None if a2 is None else a2.double().cpu(),
-                                    None if g2 is None else g2.double().cpu(),
-                                    beta=beta, compute=compute)
+    ref = gram_accumulate_reference(
+        init.clone(),
+        a1.double().cpu(),
+        g1.double().cpu(),
+        None if a2 is None else a2.double().cpu(),
+        None if g2 is None else g2.double().cpu(),
+        beta=beta,
+        compute=compute,
+    )
     out = init.to(dtype=dtype, device=device)
     result = gram_accumulate(out, a1, g1, a2, g2, beta=beta, compute=compute)
     assert result.data_ptr() == out.data_ptr(), "accumulation must be in place"
@@ -84,6 +90,7 @@ def test_compiled_module_is_used():
 
 
 # ---- bad input ------------------------------------------------------------------------
+
 
 def _ok(dtype=torch.float64):
     a = torch.randn(4, 3, dtype=dtype)
@@ -134,7 +141,9 @@ def test_non_finite_input_rejected():
         gram_accumulate(out, a, g)
     a[0, 0] = float("inf")
     with pytest.raises(ValueError, match="a2 contains NaN or Inf"):
-        gram_accumulate(out, torch.randn(4, 3, dtype=torch.float64), g.nan_to_num(), a, g.nan_to_num())
+        gram_accumulate(
+            out, torch.randn(4, 3, dtype=torch.float64), g.nan_to_num(), a, g.nan_to_num()
+        )
 
 
 def test_non_finite_beta_rejected():
@@ -172,6 +181,7 @@ def test_cuda_tensor_without_cuda_build_or_mixed_devices():
 
 
 # ---- CUDA face ----------------------------------------------------------------------
+
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("compute", MODES)
