@@ -12,7 +12,7 @@ __all__ = [
     "__version__",
     "backend_info",
     "empirical_ntk",
-    "ntk_blocks",
     "gram_accumulate",
     "gram_accumulate_reference",
+    "ntk_blocks",
 ]

@@ -52,8 +52,13 @@ class Capture:
                 return v.detach().clone() if isinstance(v, torch.Tensor) else v
 
             self.uses.append(
-                ModuleUse(name, module, tuple(keep(a) for a in args),
-                          {key: keep(v) for key, v in kwargs.items()}, output)
+                ModuleUse(
+                    name,
+                    module,
+                    tuple(keep(a) for a in args),
+                    {key: keep(v) for key, v in kwargs.items()},
+                    output,
+                )
             )
             # Later in-place ops (ReLU(inplace=True), `out += x`) then hit the copy, not the
             # tensor whose cotangent we ask for.

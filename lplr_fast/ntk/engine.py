@@ -60,8 +60,15 @@ class _BlockFeatures:
     """Per-block features, module name → list of features (one per use), with a byte-bounded
     cache so that column blocks are not recomputed when they fit."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, compute: str, route: ConvRoute,
-                 block: int, cache_bytes: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        compute: str,
+        route: ConvRoute,
+        block: int,
+        cache_bytes: int,
+    ) -> None:
         self.model, self.x, self.compute, self.route, self.block = model, x, compute, route, block
         self.capture = Capture(parametrised_modules(model))
         self.cache: dict[int, dict[str, list[Features]]] = {}
@@ -71,7 +78,7 @@ class _BlockFeatures:
     def get(self, b: int) -> dict[str, list[Features]]:
         if b in self.cache:
             return self.cache[b]
-        feats, nbytes = self.compute_block(self.x[b * self.block:(b + 1) * self.block])
+        feats, nbytes = self.compute_block(self.x[b * self.block : (b + 1) * self.block])
         if nbytes <= self.cache_bytes_left:
             self.cache[b] = feats
             self.cache_bytes_left -= nbytes
@@ -87,15 +94,24 @@ class _BlockFeatures:
         nbytes = 0
         for use in uses:
             n_params = sum(p.numel() for p in use.module.parameters(recurse=False))
-            f = _module_features(use, self.capture, kk=kk, route=self.route,
-                                 chunk=default_chunk(xb.shape[0], k, n_params))
+            f = _module_features(
+                use,
+                self.capture,
+                kk=kk,
+                route=self.route,
+                chunk=default_chunk(xb.shape[0], k, n_params),
+            )
             feats.setdefault(use.name, []).append(f)
             nbytes += feature_bytes_per_sample(f) * xb.shape[0]
         return feats, nbytes
 
 
-def _pair_blocks(parts: dict[str, torch.Tensor], f1: dict[str, list[Features]],
-                 f2: dict[str, list[Features]] | None, compute: str) -> None:
+def _pair_blocks(
+    parts: dict[str, torch.Tensor],
+    f1: dict[str, list[Features]],
+    f2: dict[str, list[Features]] | None,
+    compute: str,
+) -> None:
     """Accumulate every module's contribution of one tile into ``parts``; each use of a
     module in the row block is paired with each use in the column block."""
     for name, uses1 in f1.items():
@@ -110,8 +126,14 @@ def _pair_blocks(parts: dict[str, torch.Tensor], f1: dict[str, list[Features]],
                     accumulate_pair(out, fu, fv, compute)
 
 
-def _choose_block_size(model: nn.Module, x: torch.Tensor, compute: str, route: ConvRoute,
-                       n_parts: int, out_dtype: torch.dtype) -> int:
+def _choose_block_size(
+    model: nn.Module,
+    x: torch.Tensor,
+    compute: str,
+    route: ConvRoute,
+    n_parts: int,
+    out_dtype: torch.dtype,
+) -> int:
     """Largest block whose features (two blocks) and tile parts fit in a quarter of free
     memory, from the feature size of a probe block of up to 4 samples."""
     probe = _BlockFeatures(model, x, compute, route, block=4, cache_bytes=0)
@@ -127,14 +149,19 @@ def _choose_block_size(model: nn.Module, x: torch.Tensor, compute: str, route: C
     return int(max(1, min(x.shape[0], by_features, by_tile, 4096)))
 
 
-def _prepare(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, compute: str,
-             implementation: str, dtype: torch.dtype | None, batchnorm: str
-             ) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None]:
+def _prepare(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    compute: str,
+    implementation: str,
+    dtype: torch.dtype | None,
+    batchnorm: str,
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None]:
     if compute not in COMPUTE_MODES:
         raise ValueError(f"compute must be one of {sorted(COMPUTE_MODES)}, got {compute!r}")
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
-                         f"{implementation!r}")
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     check_model(model, batchnorm)
     if dtype is not None:
         if dtype not in (torch.float32, torch.float64):
@@ -147,13 +174,21 @@ def _prepare(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, comput
     return model, x1, x2
 
 
-def _structured_tiles(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, compute: str,
-                      block_size: int | None, route: ConvRoute, want_parts: bool,
-                      out_dtype: torch.dtype) -> Iterator[tuple[Tile, dict[str, torch.Tensor]]]:
+def _structured_tiles(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    compute: str,
+    block_size: int | None,
+    route: ConvRoute,
+    want_parts: bool,
+    out_dtype: torch.dtype,
+) -> Iterator[tuple[Tile, dict[str, torch.Tensor]]]:
     names = list(parametrised_modules(model))
     if block_size is None:
-        block_size = _choose_block_size(model, x1, compute, route,
-                                        len(names) if want_parts else 0, out_dtype)
+        block_size = _choose_block_size(
+            model, x1, compute, route, len(names) if want_parts else 0, out_dtype
+        )
     if block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size}")
     xs2 = x1 if x2 is None else x2
@@ -172,10 +207,11 @@ def _structured_tiles(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | Non
             k = rows.k
             assert k is not None
             shape = gram_out_shape(r.stop - r.start, c.stop - c.start, k, compute)
-            parts = {name: torch.zeros(shape, dtype=out_dtype, device=x1.device)
-                     for name in names}
+            parts = {name: torch.zeros(shape, dtype=out_dtype, device=x1.device) for name in names}
             symmetric = x2 is None and bi == bj
             _pair_blocks(parts, f1, None if symmetric else cols.get(bj), compute)
+            if symmetric:  # exact symmetry on the diagonal tiles (routes without mirroring)
+                parts = {n: 0.5 * (p + transpose_tile(p, compute)) for n, p in parts.items()}
             yield (r, c), parts
 
 
@@ -203,12 +239,15 @@ def ntk_blocks(
     """
     model, x1, x2 = _prepare(model, x1, x2, compute, "structured", dtype, batchnorm)
     if batchnorm == "batch" and train_mode_batchnorms(model):
-        raise ValueError("batchnorm='batch' couples all samples of a batch and cannot be tiled; "
-                         "use empirical_ntk(..., batchnorm='batch') on the whole batch")
+        raise ValueError(
+            "batchnorm='batch' couples all samples of a batch and cannot be tiled; "
+            "use empirical_ntk(..., batchnorm='batch') on the whole batch"
+        )
     out_dtype = next(iter(trainable_parameters(model).values())).dtype
     with batchnorms_in_eval(model, batchnorm == "eval"):
-        for tile, parts in _structured_tiles(model, x1, x2, compute, block_size, conv_route,
-                                             return_layers, out_dtype):
+        for tile, parts in _structured_tiles(
+            model, x1, x2, compute, block_size, conv_route, return_layers, out_dtype
+        ):
             total = sum(parts.values())
             yield tile, ((total, parts) if return_layers else total)
 
@@ -262,8 +301,7 @@ def empirical_ntk(
             if coupled:
                 parts = reference.batch_coupled_ntk(model, x1, x2, compute)
             elif implementation == "jacobian":
-                parts = reference.jacobian_ntk(model, x1, x2, compute,
-                                               block_size or x1.shape[0])
+                parts = reference.jacobian_ntk(model, x1, x2, compute, block_size or x1.shape[0])
             else:
                 parts = reference.ntk_vp(model, x1, x2, compute)
         total = sum(parts.values())
@@ -273,8 +311,9 @@ def empirical_ntk(
     result: Any = out
     layer_parts: dict[str, torch.Tensor] = {}
     with batchnorms_in_eval(model, batchnorm == "eval"):
-        for (r, c), parts in _structured_tiles(model, x1, x2, compute, block_size, conv_route,
-                                               return_layers, out_dtype):
+        for (r, c), parts in _structured_tiles(
+            model, x1, x2, compute, block_size, conv_route, return_layers, out_dtype
+        ):
             tile = sum(parts.values())
             if not layer_parts and r.start == 0 and c.start == 0:
                 k = 1 if compute == "trace" else tile.shape[2]
@@ -287,12 +326,13 @@ def empirical_ntk(
             if return_layers:
                 for name, part in parts.items():
                     if name not in layer_parts:
-                        layer_parts[name] = torch.empty(result.shape, dtype=out_dtype,
-                                                        device=x1.device)
+                        layer_parts[name] = torch.empty(
+                            result.shape, dtype=out_dtype, device=x1.device
+                        )
                     _write(layer_parts[name], r, c, part)
             if x2 is None and r != c:
                 _write(result, c, r, transpose_tile(tile, compute))
-                for name, part in (parts.items() if return_layers else ()):
+                for name, part in parts.items() if return_layers else ():
                     _write(layer_parts[name], c, r, transpose_tile(part, compute))
     return (result, layer_parts) if return_layers else result
 

@@ -58,18 +58,19 @@ def _group_sum(per_param: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return parts
 
 
-def jacobian_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, compute: str,
-                 block_size: int) -> dict[str, torch.Tensor]:
+def jacobian_ntk(
+    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, compute: str, block_size: int
+) -> dict[str, torch.Tensor]:
     """Per-module parts of Θ(x1, x2) by Jacobian contraction, in blocks of samples."""
     params, _, f_single = _functional(model)
     jac = vmap(jacrev(f_single), in_dims=(None, 0))
     xs2 = x1 if x2 is None else x2
     row_tiles: dict[str, list[torch.Tensor]] = {name: [] for name in params}
     for r in range(0, x1.shape[0], block_size):
-        j1 = jac(params, x1[r:r + block_size])
+        j1 = jac(params, x1[r : r + block_size])
         tiles: dict[str, list[torch.Tensor]] = {name: [] for name in params}
         for c in range(0, xs2.shape[0], block_size):
-            j2 = jac(params, xs2[c:c + block_size])
+            j2 = jac(params, xs2[c : c + block_size])
             for name in params:
                 tiles[name].append(_contract(j1[name].flatten(2), j2[name].flatten(2), compute))
         for name in params:
@@ -78,8 +79,9 @@ def jacobian_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, co
     return _group_sum(out)
 
 
-def ntk_vp(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None,
-           compute: str) -> dict[str, torch.Tensor]:
+def ntk_vp(
+    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, compute: str
+) -> dict[str, torch.Tensor]:
     """Per-module parts of Θ(x1, x2) from NTK-vector products: for each row sample i, the VJP
     of f(x_i) pulls each output basis vector back to parameter space, and a JVP of the column
     batch pushes it forward, restricted to one module's parameters at a time."""
@@ -89,13 +91,17 @@ def ntk_vp(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None,
     for name in params:
         groups.setdefault(owner(name), []).append(name)
     k = f_single(params, x1[0]).shape[0]
-    basis = torch.eye(k, dtype=x1.dtype if x1.is_floating_point() else next(
-        iter(params.values())).dtype, device=x1.device)
+    basis = torch.eye(
+        k,
+        dtype=x1.dtype if x1.is_floating_point() else next(iter(params.values())).dtype,
+        device=x1.device,
+    )
     parts = {g: [] for g in groups}
     for i in range(x1.shape[0]):
         _, pullback = vjp(lambda th, xi=x1[i]: f_single(th, xi), params)
         for group, names in groups.items():
-            def column(e: torch.Tensor, names=names) -> torch.Tensor:
+
+            def column(e: torch.Tensor, names=names, pullback=pullback) -> torch.Tensor:
                 v = pullback(e)[0]
                 tangent = {n: v[n] if n in names else torch.zeros_like(v[n]) for n in params}
                 return jvp(lambda th: f_batch(th, xs2), (params,), (tangent,))[1]
@@ -111,8 +117,9 @@ def ntk_vp(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None,
     return {g: torch.stack(v) for g, v in parts.items()}
 
 
-def batch_coupled_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None,
-                      compute: str) -> dict[str, torch.Tensor]:
+def batch_coupled_ntk(
+    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, compute: str
+) -> dict[str, torch.Tensor]:
     """Exact kernel of a model whose BatchNorms use batch statistics: J(X1) J(X2)ᵀ with J the
     Jacobian of the outputs of the whole batch (each of X1, X2 normalised as its own batch).
     Works on a copy of the model with running statistics disabled, so the user's buffers are

@@ -16,7 +16,6 @@ Three feature kinds, one contraction each:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,8 +74,12 @@ def _conv_features(module: nn.Conv1d | nn.Conv2d, use: ModuleUse) -> SpatialFeat
     n, k = g.shape[:2]
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
-        ks, dil, pad, st = (1, *module.kernel_size), (1, *module.dilation), (0, *module.padding), (
-            1, *module.stride)
+        ks, dil, pad, st = (
+            (1, *module.kernel_size),
+            (1, *module.dilation),
+            (0, *module.padding),
+            (1, *module.stride),
+        )
     else:
         ks, dil, pad, st = module.kernel_size, module.dilation, module.padding, module.stride
     cols = F.unfold(x, ks, dilation=dil, padding=pad, stride=st)  # (n, C_in*kh*kw, T)
@@ -96,16 +99,20 @@ def _conv_rule_applies(module: nn.Module) -> bool:
     )
 
 
-def _per_sample_grads(module: nn.Module, use: ModuleUse, capture: Capture,
-                      chunk: int) -> GradFeatures:
+def _per_sample_grads(
+    module: nn.Module, use: ModuleUse, capture: Capture, chunk: int
+) -> GradFeatures:
     """Exact per-sample gradients of the module's trainable direct parameters, by vmap over
     samples and outputs of the module's VJP, in chunks of ``chunk`` samples."""
     params = {n: p.detach() for n, p in module.named_parameters(recurse=False) if p.requires_grad}
     g = use.grad
     assert g is not None
     n = g.shape[0]
-    batched = [i for i, a in enumerate(use.args) if isinstance(a, torch.Tensor) and a.dim() > 0
-               and a.shape[0] == n]
+    batched = [
+        i
+        for i, a in enumerate(use.args)
+        if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n
+    ]
 
     def single(theta: dict[str, torch.Tensor], *row_args: torch.Tensor) -> torch.Tensor:
         args = list(use.args)
@@ -121,8 +128,8 @@ def _per_sample_grads(module: nn.Module, use: ModuleUse, capture: Capture,
     pieces = []
     with capture.pause():
         for s in range(0, n, chunk):
-            rows = [use.args[i][s:s + chunk] for i in batched]
-            pieces.append(vmap(sample_grads)(g[s:s + chunk], *rows))
+            rows = [use.args[i][s : s + chunk] for i in batched]
+            pieces.append(vmap(sample_grads)(g[s : s + chunk], *rows))
     return GradFeatures(torch.cat(pieces, dim=0))
 
 
@@ -136,24 +143,33 @@ def _materialise_spatial(f: SpatialFeatures) -> GradFeatures:
     return GradFeatures(torch.cat(parts, dim=2))
 
 
-def module_features(use: ModuleUse, capture: Capture, *, kk: int, route: ConvRoute,
-                    chunk: int) -> Features:
+def module_features(
+    use: ModuleUse, capture: Capture, *, kk: int, route: ConvRoute, chunk: int
+) -> Features:
     """Features of one module use. ``kk`` is the number of output pairs per sample pair
     (k² for compute='full', k otherwise), used by the cost model."""
     module = use.module
     g = use.grad
     assert g is not None
     if isinstance(module, nn.Linear) and set(dict(module.named_parameters(recurse=False))) <= {
-            "weight", "bias"}:
+        "weight",
+        "bias",
+    }:
         a = use.args[0]
         if a.dim() == 2:
-            return DenseFeatures(_weight_input(module, a), g, 1.0 if _trainable(module, "bias")
-                                 else 0.0)
+            return DenseFeatures(
+                _weight_input(module, a), g, 1.0 if _trainable(module, "bias") else 0.0
+            )
         n, k = g.shape[:2]
-        spatial = SpatialFeatures(_weight_input(module, a.reshape(n, 1, -1, a.shape[-1])),
-                                  g.reshape(n, k, 1, -1, g.shape[-1]), _trainable(module, "bias"))
+        spatial = SpatialFeatures(
+            _weight_input(module, a.reshape(n, 1, -1, a.shape[-1])),
+            g.reshape(n, k, 1, -1, g.shape[-1]),
+            _trainable(module, "bias"),
+        )
     elif _conv_rule_applies(module) and set(dict(module.named_parameters(recurse=False))) <= {
-            "weight", "bias"}:
+        "weight",
+        "bias",
+    }:
         spatial = _conv_features(module, use)
     else:
         return _per_sample_grads(module, use, capture, chunk)
@@ -200,9 +216,16 @@ def accumulate_pair(out: torch.Tensor, f1: Features, f2: Features | None, comput
     (symmetric, upper triangle computed once)."""
     if isinstance(f1, DenseFeatures):
         assert f2 is None or isinstance(f2, DenseFeatures)
-        gram_accumulate(out, f1.a, f1.g, None if f2 is None else f2.a,
-                        None if f2 is None else f2.g, beta=f1.beta, compute=compute,
-                        check_finite=False)
+        gram_accumulate(
+            out,
+            f1.a,
+            f1.g,
+            None if f2 is None else f2.a,
+            None if f2 is None else f2.g,
+            beta=f1.beta,
+            compute=compute,
+            check_finite=False,
+        )
     elif isinstance(f1, GradFeatures):
         assert f2 is None or isinstance(f2, GradFeatures)
         _gram(out, f1.phi, None if f2 is None else f2.phi, compute)
@@ -216,12 +239,14 @@ def default_chunk(n: int, k: int, params: int, budget_elems: int = 1 << 24) -> i
     return max(1, min(n, budget_elems // max(1, k * params)))
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b) if b else 0
-
-
 __all__ = [
-    "DenseFeatures", "Features", "GradFeatures", "SpatialFeatures", "accumulate_pair",
-    "ceil_div", "default_chunk", "feature_bytes_per_sample", "ghost_is_cheaper", "math",
+    "DenseFeatures",
+    "Features",
+    "GradFeatures",
+    "SpatialFeatures",
+    "accumulate_pair",
+    "default_chunk",
+    "feature_bytes_per_sample",
+    "ghost_is_cheaper",
     "module_features",
 ]

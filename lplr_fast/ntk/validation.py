@@ -73,7 +73,9 @@ def check_inputs(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None) ->
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() < 1 or x.shape[0] == 0:
-            raise ValueError(f"{name} must have a non-empty leading batch axis, got {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must have a non-empty leading batch axis, got {tuple(x.shape)}"
+            )
         if x.device != device:
             raise ValueError(f"{name} is on {x.device} but the model's parameters are on {device}")
         if x.is_complex() or x.dtype == torch.bool:
