@@ -5,12 +5,15 @@ from __future__ import annotations
 from ._backend import backend_info
 from .gram import gram_accumulate, gram_accumulate_reference
 from .ntk import empirical_ntk, ntk_blocks
+from .spectrum import SpectrumBounds, eig_bounds
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SpectrumBounds",
     "__version__",
     "backend_info",
+    "eig_bounds",
     "empirical_ntk",
     "gram_accumulate",
     "gram_accumulate_reference",
