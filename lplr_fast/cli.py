@@ -1,0 +1,61 @@
+"""Command line: ``lplr-fast demo`` (the default job) and ``lplr-fast info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._backend import backend_info
+from .data import DATASETS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lplr-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="NTK + certified eigenvalue demo on a built-in dataset")
+    demo.add_argument("--n", type=int, default=256, help="number of samples (default 256)")
+    demo.add_argument("--width", type=int, default=512, help="hidden width (default 512)")
+    demo.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
+    demo.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="teacher",
+        help="built-in dataset (default teacher)",
+    )
+    demo.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the torch.func reference (faster for large n)",
+    )
+    sub.add_parser("info", help="print what the compiled backend supports, as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "info":
+        print(json.dumps(backend_info(), indent=2, default=str))
+        return 0
+    from .demo import DemoConfig, format_table, run_demo
+
+    if args.n < 2 or args.width < 1 or args.depth < 1:
+        print("lplr-fast demo: --n must be ≥ 2, --width and --depth ≥ 1", file=sys.stderr)
+        return 2
+    cfg = DemoConfig(
+        n=args.n,
+        width=args.width,
+        depth=args.depth,
+        device=args.device,
+        seed=args.seed,
+        reference=not args.no_reference,
+        dataset=args.dataset,
+    )
+    print(format_table(run_demo(cfg)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
