@@ -5,6 +5,9 @@ has CUDA and a CUDA toolkit is found; ``LPLR_NO_CUDA=1`` forces a CPU-only build
 ``TORCH_CUDA_ARCH_LIST`` is honoured; unset, it defaults to "8.0;9.0" (Hopper included).
 
 Install:  pip install --no-build-isolation --no-deps -e .
+
+The C++ standard is left to torch.utils.cpp_extension: it must match the one torch was built
+with (C++20 for recent torch); forcing another one breaks exceptions thrown across the module.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def extensions() -> list:
     from torch.utils import cpp_extension
 
     cpu_sources = ["csrc/bindings.cpp", "csrc/gram_checks.cpp", "csrc/cpu/gram_cpu.cpp"]
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++17", f'-DLPLR_SOURCE_HASH="{source_hash()}"']
+    cxx_flags = ["-O3", "-fopenmp", f'-DLPLR_SOURCE_HASH="{source_hash()}"']
     link_flags = ["-fopenmp"]
     if not with_cuda:
         return [
@@ -96,7 +99,7 @@ def extensions() -> list:
             define_macros=[("LPLR_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "-lineinfo"],
+                "nvcc": ["-O3", "-lineinfo"],
             },
             extra_link_args=link_flags,
         )
