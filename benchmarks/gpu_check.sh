@@ -13,6 +13,7 @@ python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import lplr_fast, json; print(json.dumps(lplr_fast.backend_info(), default=str))" | tee "$OUT/backend.json"
 python3 -m pytest -q -x tests 2>&1 | tee "$OUT/pytest.log" | tail -5
+[ "${SKIP_BENCH:-0}" = 1 ] && exit 0
 python3 -m benchmarks.run --device cuda ${BENCH_ARGS:-} --out "$OUT" > "$OUT/bench.log" 2>&1 \
   || { echo "BENCH FAILED"; tail -30 "$OUT/bench.log"; }
 tail -40 "$OUT/bench.log"

@@ -19,7 +19,7 @@ namespace {
 at::Tensor gram_accumulate(at::Tensor out, const at::Tensor& a1, const at::Tensor& g1,
                            const std::optional<at::Tensor>& a2, const std::optional<at::Tensor>& g2,
                            double beta, int64_t mode, bool check_finite) {
-  TORCH_CHECK_VALUE(a2.has_value() == g2.has_value(),
+  LPLR_CHECK_VALUE(a2.has_value() == g2.has_value(),
                     "a2 and g2 must both be given (cross kernel) or both be None (symmetric)");
   const bool symmetric = !a2.has_value();
   const at::Tensor& a2_ref = symmetric ? a1 : *a2;
@@ -30,11 +30,11 @@ at::Tensor gram_accumulate(at::Tensor out, const at::Tensor& a1, const at::Tenso
 #ifdef LPLR_WITH_CUDA
     lplr::gram_accumulate_cuda(out, a1, g1, a2_ref, g2_ref, beta, shape, symmetric);
 #else
-    TORCH_CHECK_VALUE(false, "lplr_fast._C was built without CUDA; tensors on ", out.device(),
+    LPLR_CHECK_VALUE(false, "lplr_fast._C was built without CUDA; tensors on ", out.device(),
                       " cannot be processed. Rebuild with a CUDA-enabled torch and nvcc.");
 #endif
   } else {
-    TORCH_CHECK_VALUE(out.device().is_cpu(), "unsupported device ", out.device());
+    LPLR_CHECK_VALUE(out.device().is_cpu(), "unsupported device ", out.device());
     lplr::gram_accumulate_cpu(out, a1, g1, a2_ref, g2_ref, beta, shape, symmetric);
   }
   return out;
@@ -69,6 +69,15 @@ py::dict build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lplr_fast compiled kernels (CPU always, CUDA when built with it)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const lplr::ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const lplr::TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    }
+  });
   m.def("gram_accumulate", &gram_accumulate, py::arg("out"), py::arg("a1"), py::arg("g1"),
         py::arg("a2") = py::none(), py::arg("g2") = py::none(), py::arg("beta") = 1.0,
         py::arg("mode") = 0, py::arg("check_finite") = true,

@@ -3,14 +3,35 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/StringUtil.h>
 
 #include <cstdint>
+#include <stdexcept>
 
 namespace lplr {
 
 // Bumped whenever a kernel's signature or semantics change; the Python layer refuses a
 // compiled module whose number differs (a stale build).
 constexpr int64_t kKernelApiVersion = 1;
+
+// Argument errors, translated to Python ValueError / TypeError by the bindings. They are not
+// c10::Error on purpose: c10::Error captures a stack trace when constructed, and with torch
+// 2.11 (CUDA build, gcc 13) that walk segfaults inside the unwinder (cf. pytorch#117645).
+struct ValueError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+struct TypeError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+#define LPLR_CHECK_VALUE(cond, ...)                                   \
+  do {                                                                \
+    if (!(cond)) throw ::lplr::ValueError(::c10::str(__VA_ARGS__));   \
+  } while (0)
+#define LPLR_CHECK_TYPE(cond, ...)                                    \
+  do {                                                                \
+    if (!(cond)) throw ::lplr::TypeError(::c10::str(__VA_ARGS__));    \
+  } while (0)
 
 enum class GramMode : int64_t { Full = 0, Trace = 1, Diagonal = 2 };
 
