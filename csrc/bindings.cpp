@@ -16,28 +16,33 @@
 
 namespace {
 
-at::Tensor gram_accumulate(at::Tensor out, const at::Tensor& a1, const at::Tensor& g1,
+// Returns "" on success, else "ValueError: ..." / "TypeError: ..." (raised by the Python
+// wrapper; see gram.h for why no exception is thrown here).
+std::string gram_accumulate(at::Tensor out, const at::Tensor& a1, const at::Tensor& g1,
                            const std::optional<at::Tensor>& a2, const std::optional<at::Tensor>& g2,
                            double beta, int64_t mode, bool check_finite) {
-  LPLR_CHECK_VALUE(a2.has_value() == g2.has_value(),
-                    "a2 and g2 must both be given (cross kernel) or both be None (symmetric)");
+  if (a2.has_value() != g2.has_value())
+    return "ValueError: a2 and g2 must both be given (cross kernel) or both be None (symmetric)";
   const bool symmetric = !a2.has_value();
   const at::Tensor& a2_ref = symmetric ? a1 : *a2;
   const at::Tensor& g2_ref = symmetric ? g1 : *g2;
-  const lplr::GramShape shape =
+  const lplr::GramCheck check =
       lplr::check_gram_args(out, a1, g1, a2_ref, g2_ref, beta, mode, check_finite);
+  if (!check.ok())
+    return (check.kind == lplr::ErrorKind::Type ? "TypeError: " : "ValueError: ") + check.message;
+  const lplr::GramShape& shape = check.shape;
   if (out.is_cuda()) {
 #ifdef LPLR_WITH_CUDA
     lplr::gram_accumulate_cuda(out, a1, g1, a2_ref, g2_ref, beta, shape, symmetric);
 #else
-    LPLR_CHECK_VALUE(false, "lplr_fast._C was built without CUDA; tensors on ", out.device(),
-                      " cannot be processed. Rebuild with a CUDA-enabled torch and nvcc.");
+    return c10::str("ValueError: lplr_fast._C was built without CUDA; tensors on ", out.device(),
+                    " cannot be processed. Rebuild with a CUDA-enabled torch and nvcc.");
 #endif
   } else {
-    LPLR_CHECK_VALUE(out.device().is_cpu(), "unsupported device ", out.device());
+    if (!out.device().is_cpu()) return c10::str("ValueError: unsupported device ", out.device());
     lplr::gram_accumulate_cpu(out, a1, g1, a2_ref, g2_ref, beta, shape, symmetric);
   }
-  return out;
+  return "";
 }
 
 py::dict build_info() {
@@ -69,20 +74,11 @@ py::dict build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lplr_fast compiled kernels (CPU always, CUDA when built with it)";
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const lplr::ValueError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const lplr::TypeError& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
-    }
-  });
   m.def("gram_accumulate", &gram_accumulate, py::arg("out"), py::arg("a1"), py::arg("g1"),
         py::arg("a2") = py::none(), py::arg("g2") = py::none(), py::arg("beta") = 1.0,
         py::arg("mode") = 0, py::arg("check_finite") = true,
         "out += (a1 a2^T + beta) (.) (g1 g2^T) in place; a2/g2 None means the symmetric case.\n"
         "a: (n, d_in); g: (n, k, d_out); out: (n1, n2, k, k) | (n1, n2) | (n1, n2, k) for mode\n"
-        "0 (full) | 1 (trace) | 2 (diagonal). Returns out.");
+        "0 (full) | 1 (trace) | 2 (diagonal). Returns '' or 'ValueError: ...'/'TypeError: ...'.");
   m.def("build_info", &build_info, "How this module was built (cuda, openmp, threads, hash)");
 }

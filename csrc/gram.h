@@ -6,7 +6,7 @@
 #include <c10/util/StringUtil.h>
 
 #include <cstdint>
-#include <stdexcept>
+#include <string>
 
 namespace lplr {
 
@@ -14,38 +14,42 @@ namespace lplr {
 // compiled module whose number differs (a stale build).
 constexpr int64_t kKernelApiVersion = 1;
 
-// Argument errors, translated to Python ValueError / TypeError by the bindings. They are not
-// c10::Error on purpose: c10::Error captures a stack trace when constructed, and with torch
-// 2.11 (CUDA build, gcc 13) that walk segfaults inside the unwinder (cf. pytorch#117645).
-struct ValueError : std::invalid_argument {
-  using std::invalid_argument::invalid_argument;
-};
-struct TypeError : std::invalid_argument {
-  using std::invalid_argument::invalid_argument;
-};
+// Argument checks report instead of throwing: the bindings turn a report into a Python
+// ValueError / TypeError. No C++ exception crosses this module for bad input, because on the
+// torch 2.11 CUDA image (gcc 13.3) any exception thrown inside the extension segfaulted in the
+// unwinder (seen on H100 and H200, 2026-11-26), while the same code is fine on CPU builds.
+enum class ErrorKind : int { None = 0, Value = 1, Type = 2 };
 
-#define LPLR_CHECK_VALUE(cond, ...)                                   \
-  do {                                                                \
-    if (!(cond)) throw ::lplr::ValueError(::c10::str(__VA_ARGS__));   \
+
+#define LPLR_CHECK_VALUE(cond, ...) \
+  do {                              \
+    if (!(cond)) return {::lplr::ErrorKind::Value, ::c10::str(__VA_ARGS__), {}}; \
   } while (0)
-#define LPLR_CHECK_TYPE(cond, ...)                                    \
-  do {                                                                \
-    if (!(cond)) throw ::lplr::TypeError(::c10::str(__VA_ARGS__));    \
+#define LPLR_CHECK_TYPE(cond, ...) \
+  do {                             \
+    if (!(cond)) return {::lplr::ErrorKind::Type, ::c10::str(__VA_ARGS__), {}}; \
   } while (0)
 
 enum class GramMode : int64_t { Full = 0, Trace = 1, Diagonal = 2 };
 
 // Shapes of one accumulation call, validated.
 struct GramShape {
-  int64_t n1, n2, d, k, p;
-  GramMode mode;
+  int64_t n1 = 0, n2 = 0, d = 0, k = 0, p = 0;
+  GramMode mode = GramMode::Full;
+};
+
+struct GramCheck {
+  ErrorKind kind;
+  std::string message;
+  GramShape shape;
+  bool ok() const { return kind == ErrorKind::None; }
 };
 
 // Validates a1 (n1, d), g1 (n1, k, p), a2 (n2, d), g2 (n2, k, p) and out
 // ((n1, n2, k, k) | (n1, n2) | (n1, n2, k) by mode): ranks, matching sizes, one floating
 // dtype (float32/float64), one device, finite beta and, when check_finite, finite inputs.
-// Errors are ValueError/TypeError in Python and name the offending argument.
-GramShape check_gram_args(const at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
+// A failed check names the offending argument; it becomes ValueError/TypeError in Python.
+GramCheck check_gram_args(const at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
                           const at::Tensor& a2, const at::Tensor& g2, double beta, int64_t mode,
                           bool check_finite);
 

@@ -7,21 +7,29 @@
 namespace lplr {
 namespace {
 
-void check_float_dtype(const at::Tensor& t, const char* name, at::ScalarType want) {
+GramCheck check_float_dtype(const at::Tensor& t, const char* name, at::ScalarType want) {
   LPLR_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
                    " must be float32 or float64, got ", t.scalar_type());
   LPLR_CHECK_TYPE(t.scalar_type() == want, name, " has dtype ", t.scalar_type(),
                    " but a1 has dtype ", want, "; all arguments must share one dtype");
+  return {};
 }
 
-void check_all_finite(const at::Tensor& t, const char* name) {
+GramCheck check_all_finite(const at::Tensor& t, const char* name) {
   LPLR_CHECK_VALUE(at::isfinite(t).all().item<bool>(), name,
                     " contains NaN or Inf; they would poison every entry of the kernel");
+  return {};
 }
+
+#define LPLR_FORWARD(call)          \
+  do {                              \
+    GramCheck r_ = (call);          \
+    if (!r_.ok()) return r_;        \
+  } while (0)
 
 }  // namespace
 
-GramShape check_gram_args(const at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
+GramCheck check_gram_args(const at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
                           const at::Tensor& a2, const at::Tensor& g2, double beta, int64_t mode,
                           bool check_finite) {
   LPLR_CHECK_VALUE(mode >= 0 && mode <= 2, "mode must be 0 (full), 1 (trace) or 2 (diagonal), got ",
@@ -32,11 +40,11 @@ GramShape check_gram_args(const at::Tensor& out, const at::Tensor& a1, const at:
   LPLR_CHECK_VALUE(g2.dim() == 3, "g2 must be 3-D (n2, k, d_out), got shape ", g2.sizes());
 
   const auto want = a1.scalar_type();
-  check_float_dtype(a1, "a1", want);
-  check_float_dtype(g1, "g1", want);
-  check_float_dtype(a2, "a2", want);
-  check_float_dtype(g2, "g2", want);
-  check_float_dtype(out, "out", want);
+  LPLR_FORWARD(check_float_dtype(a1, "a1", want));
+  LPLR_FORWARD(check_float_dtype(g1, "g1", want));
+  LPLR_FORWARD(check_float_dtype(a2, "a2", want));
+  LPLR_FORWARD(check_float_dtype(g2, "g2", want));
+  LPLR_FORWARD(check_float_dtype(out, "out", want));
 
   const auto dev = a1.device();
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{g1, "g1"},
@@ -75,12 +83,12 @@ GramShape check_gram_args(const at::Tensor& out, const at::Tensor& a1, const at:
   LPLR_CHECK_VALUE(out.is_contiguous(), "out must be contiguous (it is written in place)");
   LPLR_CHECK_VALUE(std::isfinite(beta), "beta must be finite, got ", beta);
   if (check_finite) {
-    check_all_finite(a1, "a1");
-    check_all_finite(g1, "g1");
-    check_all_finite(a2, "a2");
-    check_all_finite(g2, "g2");
+    LPLR_FORWARD(check_all_finite(a1, "a1"));
+    LPLR_FORWARD(check_all_finite(g1, "g1"));
+    LPLR_FORWARD(check_all_finite(a2, "a2"));
+    LPLR_FORWARD(check_all_finite(g2, "g2"));
   }
-  return s;
+  return {ErrorKind::None, {}, s};
 }
 
 }  // namespace lplr

@@ -91,7 +91,11 @@ def gram_accumulate(
     if _backend.supports(out.device):
         module = _backend.native()
         assert module is not None
-        return module.gram_accumulate(out, a1, g1, a2, g2, float(beta), mode, check_finite)
+        error = module.gram_accumulate(out, a1, g1, a2, g2, float(beta), mode, check_finite)
+        if error:
+            kind, _, message = error.partition(": ")
+            raise (TypeError if kind == "TypeError" else ValueError)(message)
+        return out
     if out.device.type == "cuda" and _backend.native() is not None:
         raise ValueError(
             f"tensors are on {out.device} but lplr_fast._C was built without CUDA; rebuild "

@@ -31,8 +31,13 @@ void run_case(int64_t n1, int64_t n2, int64_t d, int64_t k, int64_t p, bool symm
     at::Tensor out = mode == 0 ? at::zeros({n1, n2, k, k}, opt)
                    : mode == 1 ? at::zeros({n1, n2}, opt)
                                : at::zeros({n1, n2, k}, opt);
-    const auto shape = lplr::check_gram_args(out, a1, g1, a2, g2, beta, mode, true);
-    lplr::gram_accumulate_cpu(out, a1, g1, a2, g2, beta, shape, symmetric);
+    const auto check = lplr::check_gram_args(out, a1, g1, a2, g2, beta, mode, true);
+    if (!check.ok()) {
+      std::printf("FAIL check: %s\n", check.message.c_str());
+      ++failures;
+      continue;
+    }
+    lplr::gram_accumulate_cpu(out, a1, g1, a2, g2, beta, check.shape, symmetric);
     double max_err = 0.0, max_ref = 0.0;
     for (int64_t i = 0; i < n1; ++i)
       for (int64_t j = 0; j < n2; ++j)
@@ -70,6 +75,16 @@ int main() {
   run_case(9, 7, 5, 3, 4, false);
   run_case(12, 12, 6, 2, 3, true);
   run_case(1, 1, 1, 1, 1, true);
-  std::printf("%d passed, %d failed\n", 9 - failures, failures);
+  {  // a bad argument is reported, not thrown
+    const auto opt = at::TensorOptions().dtype(at::kDouble);
+    at::Tensor a = at::randn({4, 3}, opt), g = at::randn({4, 2}, opt);
+    at::Tensor out = at::zeros({4, 4, 2, 2}, opt);
+    const auto check = lplr::check_gram_args(out, a, g, a, g, 1.0, 0, true);
+    const bool ok = !check.ok() && check.kind == lplr::ErrorKind::Value &&
+                    check.message.find("g1 must be 3-D") != std::string::npos;
+    std::printf("%s bad-rank report: %s\n", ok ? "ok  " : "FAIL", check.message.c_str());
+    failures += ok ? 0 : 1;
+  }
+  std::printf("%d passed, %d failed\n", 10 - failures, failures);
   return failures == 0 ? 0 : 1;
 }
