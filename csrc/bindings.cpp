@@ -35,11 +35,11 @@ std::string gram_accumulate(at::Tensor out, const at::Tensor& a1, const at::Tens
 #ifdef LPLR_WITH_CUDA
     lplr::gram_accumulate_cuda(out, a1, g1, a2_ref, g2_ref, beta, shape, symmetric);
 #else
-    return c10::str("ValueError: lplr_fast._C was built without CUDA; tensors on ", out.device(),
+    return lplr::msg("ValueError: lplr_fast._C was built without CUDA; tensors on ", out.device(),
                     " cannot be processed. Rebuild with a CUDA-enabled torch and nvcc.");
 #endif
   } else {
-    if (!out.device().is_cpu()) return c10::str("ValueError: unsupported device ", out.device());
+    if (!out.device().is_cpu()) return lplr::msg("ValueError: unsupported device ", out.device());
     lplr::gram_accumulate_cpu(out, a1, g1, a2_ref, g2_ref, beta, shape, symmetric);
   }
   return "";

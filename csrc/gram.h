@@ -3,7 +3,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/util/StringUtil.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/ArrayRef.h>
 
 #include <cstdint>
 #include <string>
@@ -21,13 +23,35 @@ constexpr int64_t kKernelApiVersion = 1;
 enum class ErrorKind : int { None = 0, Value = 1, Type = 2 };
 
 
+// Messages are assembled without std::ostream: on the torch 2.11 CUDA image an ostringstream
+// formatting an integer inside this module segfaulted (two libstdc++ locale states), while
+// std::to_string and string concatenation are safe.
+inline void msg_append(std::string& s, const char* v) { s += v; }
+inline void msg_append(std::string& s, const std::string& v) { s += v; }
+inline void msg_append(std::string& s, int64_t v) { s += std::to_string(v); }
+inline void msg_append(std::string& s, int v) { s += std::to_string(v); }
+inline void msg_append(std::string& s, double v) { s += std::to_string(v); }
+inline void msg_append(std::string& s, c10::ScalarType v) { s += c10::toString(v); }
+inline void msg_append(std::string& s, const c10::Device& v) { s += v.str(); }
+inline void msg_append(std::string& s, c10::IntArrayRef v) {
+  s += "(";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  s += ")";
+}
+template <typename... Args>
+std::string msg(const Args&... args) {
+  std::string s;
+  (msg_append(s, args), ...);
+  return s;
+}
+
 #define LPLR_CHECK_VALUE(cond, ...) \
   do {                              \
-    if (!(cond)) return {::lplr::ErrorKind::Value, ::c10::str(__VA_ARGS__), {}}; \
+    if (!(cond)) return {::lplr::ErrorKind::Value, ::lplr::msg(__VA_ARGS__), {}}; \
   } while (0)
 #define LPLR_CHECK_TYPE(cond, ...) \
   do {                             \
-    if (!(cond)) return {::lplr::ErrorKind::Type, ::c10::str(__VA_ARGS__), {}}; \
+    if (!(cond)) return {::lplr::ErrorKind::Type, ::lplr::msg(__VA_ARGS__), {}}; \
   } while (0)
 
 enum class GramMode : int64_t { Full = 0, Trace = 1, Diagonal = 2 };
