@@ -211,7 +211,7 @@ def write(rows: list[dict], meta: dict, out_dir: Path) -> None:
             f"{r['min_s'] * 1e3:.2f}–{r['max_s'] * 1e3:.2f} | {r['ratio_to_ours']:.2f} | "
             f"{gflops} | {share} | {peak} |"
         )
-    name = "RESULTS.md" if meta["device"] == "cpu" else f"RESULTS_{meta['device']}.md"
+    name = f"RESULTS_{meta['device']}.md"  # RESULTS.md is the curated summary
     (out_dir / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
