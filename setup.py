@@ -7,7 +7,7 @@ has CUDA and a CUDA toolkit is found; ``LPLR_NO_CUDA=1`` forces a CPU-only build
 Install:  pip install --no-build-isolation --no-deps -e .
 
 The C++ standard is left to torch.utils.cpp_extension: it must match the one torch was built
-with (C++20 for recent torch); forcing another one breaks exceptions thrown across the module.
+with (C++20 for recent torch, whose headers and ABI assume it).
 """
 
 from __future__ import annotations

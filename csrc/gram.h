@@ -16,15 +16,14 @@ namespace lplr {
 // compiled module whose number differs (a stale build).
 constexpr int64_t kKernelApiVersion = 1;
 
-// Argument checks report instead of throwing: the bindings turn a report into a Python
-// ValueError / TypeError. No C++ exception crosses this module for bad input, because on the
-// torch 2.11 CUDA image (gcc 13.3) any exception thrown inside the extension segfaulted in the
-// unwinder (seen on H100 and H200, 2026-11-26), while the same code is fine on CPU builds.
+// Argument checks report instead of throwing: the bindings return the report and the Python
+// wrapper raises ValueError / TypeError. (Introduced while chasing a segfault on the torch 2.11
+// CUDA image whose actual cause was std::ostream integer formatting, see msg() below; whether
+// throwing is safe there was not re-tested.)
 enum class ErrorKind : int { None = 0, Value = 1, Type = 2 };
 
-
 // Messages are assembled without std::ostream: on the torch 2.11 CUDA image an ostringstream
-// formatting an integer inside this module segfaulted (two libstdc++ locale states), while
+// formatting an integer inside this module segfaulted (likely two libstdc++ locale states), while
 // std::to_string and string concatenation are safe.
 inline void msg_append(std::string& s, const char* v) { s += v; }
 inline void msg_append(std::string& s, const std::string& v) { s += v; }
@@ -63,7 +62,7 @@ struct GramShape {
 };
 
 struct GramCheck {
-  ErrorKind kind;
+  ErrorKind kind = ErrorKind::None;
   std::string message;
   GramShape shape;
   bool ok() const { return kind == ErrorKind::None; }

@@ -193,10 +193,10 @@ def _structured_tiles(
         raise ValueError(f"block_size must be a positive integer, got {block_size}")
     xs2 = x1 if x2 is None else x2
     budget = available_memory_bytes(x1.device) // 8
-    rows = _BlockFeatures(model, x1, compute, route, block_size, cache_bytes=0)
+    # Row blocks are visited once each, so only the column blocks are worth caching (with
+    # x2=None the rows are the columns).
+    rows = _BlockFeatures(model, x1, compute, route, block_size, budget if x2 is None else 0)
     cols = rows if x2 is None else _BlockFeatures(model, xs2, compute, route, block_size, budget)
-    if x2 is None:
-        rows.cache_bytes_left = budget
     n_row_blocks = -(-x1.shape[0] // block_size)
     n_col_blocks = -(-xs2.shape[0] // block_size)
     for bi in range(n_row_blocks):

@@ -91,6 +91,11 @@ def _conv_features(module: nn.Conv1d | nn.Conv2d, use: ModuleUse) -> SpatialFeat
     return SpatialFeatures(_weight_input(module, a), gg, _trainable(module, "bias"))
 
 
+def _owns_only_weight_bias(module: nn.Module) -> bool:
+    """No extra direct parameters (a subclass adding some falls back to per-sample grads)."""
+    return {name for name, _ in module.named_parameters(recurse=False)} <= {"weight", "bias"}
+
+
 def _conv_rule_applies(module: nn.Module) -> bool:
     return (
         isinstance(module, nn.Conv1d | nn.Conv2d)
@@ -151,10 +156,7 @@ def module_features(
     module = use.module
     g = use.grad
     assert g is not None
-    if isinstance(module, nn.Linear) and set(dict(module.named_parameters(recurse=False))) <= {
-        "weight",
-        "bias",
-    }:
+    if isinstance(module, nn.Linear) and _owns_only_weight_bias(module):
         a = use.args[0]
         if a.dim() == 2:
             return DenseFeatures(
@@ -166,10 +168,7 @@ def module_features(
             g.reshape(n, k, 1, -1, g.shape[-1]),
             _trainable(module, "bias"),
         )
-    elif _conv_rule_applies(module) and set(dict(module.named_parameters(recurse=False))) <= {
-        "weight",
-        "bias",
-    }:
+    elif _conv_rule_applies(module) and _owns_only_weight_bias(module):
         spatial = _conv_features(module, use)
     else:
         return _per_sample_grads(module, use, capture, chunk)

@@ -221,10 +221,8 @@ def eig_bounds(
             max_iter=min(n, 200),
         )
         est_min, est_max, matvecs = lz.theta_min, lz.theta_max, lz.matvecs
-    inf = math.inf
-    lo_min = hi_min = lo_max = hi_max = m_min = m_max = math.nan
-    lo_min, hi_min = -inf, inf
-    lo_max, hi_max = -inf, inf
+    lo_min, hi_min, lo_max, hi_max = -math.inf, math.inf, -math.inf, math.inf
+    m_min = m_max = math.nan
     if "min" in which:
         lo_min, hi_min, m_min = bracket_min(a64, est_min, asym, rtol, gen)
     if "max" in which:
