@@ -172,9 +172,9 @@ def module_features(
         spatial = _conv_features(module, use)
     else:
         return _per_sample_grads(module, use, capture, chunk)
-    _, groups, t, d = spatial.a.shape
-    p = spatial.g.shape[-1]
-    ghost = route == "ghost" or (route == "auto" and ghost_is_cheaper(t, d, p * groups, kk))
+    _, _, t, d = spatial.a.shape
+    p = spatial.g.shape[-1]  # per group; both costs scale with the group count alike
+    ghost = route == "ghost" or (route == "auto" and ghost_is_cheaper(t, d, p, kk))
     return spatial if ghost else _materialise_spatial(spatial)
 
 
