@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "gram.h"
+#include "spectral.h"
 
 #ifndef LPLR_SOURCE_HASH
 #define LPLR_SOURCE_HASH "unknown"
@@ -80,5 +81,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "out += (a1 a2^T + beta) (.) (g1 g2^T) in place; a2/g2 None means the symmetric case.\n"
         "a: (n, d_in); g: (n, k, d_out); out: (n1, n2, k, k) | (n1, n2) | (n1, n2, k) for mode\n"
         "0 (full) | 1 (trace) | 2 (diagonal). Returns '' or 'ValueError: ...'/'TypeError: ...'.");
+  m.def("tile_stats", &lplr::tile_stats_cpu, py::arg("tile"), py::arg("row0"), py::arg("col0"),
+        "One pass over a 2-D CPU tile at (row0, col0) of a larger matrix: returns float64\n"
+        "([non-finite count, sum of squares, max |t|, diagonal sum], off-diagonal row |.| sums,\n"
+        "off-diagonal column |.| sums).");
+  m.def("square_stats", &lplr::square_stats_cpu, py::arg("a"),
+        "One pass over a square 2-D CPU matrix: float64 ([non-finite count, ||A - A^T||_F^2,\n"
+        "||A||_F^2, max |a|, trace, max |a_ii|], off-diagonal row |.| sums).");
+  m.def("symv_upper", &lplr::symv_upper_cpu, py::arg("a"), py::arg("v"),
+        "y = S v, S symmetric with the upper triangle of the 2-D CPU matrix a (lower never read).");
+  m.def("abs_quadratic", &lplr::abs_quadratic_cpu, py::arg("a"), py::arg("v"),
+        "|v|^T |A| |v| in float64 for a square 2-D CPU matrix a and a vector v.");
   m.def("build_info", &build_info, "How this module was built (cuda, openmp, threads, hash)");
 }

@@ -14,7 +14,7 @@ namespace lplr {
 
 // Bumped whenever a kernel's signature or semantics change; the Python layer refuses a
 // compiled module whose number differs (a stale build).
-constexpr int64_t kKernelApiVersion = 1;
+constexpr int64_t kKernelApiVersion = 2;
 
 // Argument checks report instead of throwing: the bindings return the report and the Python
 // wrapper raises ValueError / TypeError. (Introduced while chasing a segfault on the torch 2.11

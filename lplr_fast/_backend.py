@@ -18,7 +18,7 @@ import torch
 
 from ._source_hash import kernel_source_hash
 
-KERNEL_API_VERSION = 1  # must equal lplr::kKernelApiVersion in csrc/gram.h
+KERNEL_API_VERSION = 2  # must equal lplr::kKernelApiVersion in csrc/gram.h
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _state: dict[str, Any] = {"loaded": False, "module": None, "reason": None, "warned": False}

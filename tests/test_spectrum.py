@@ -28,6 +28,10 @@ def spectra(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         "dominant": torch.cat([torch.tensor([1e4], dtype=torch.float64), u[1:] + 0.05]),
         "indefinite": u - 0.5,
     }
+    out["power_law"] = torch.arange(1, n + 1, dtype=torch.float64) ** -2.0 * (1 + 0.01 * u)
+    out["close_pair_bottom"] = torch.cat(
+        [torch.tensor([1e-4, 1e-4 * (1 + 1e-7)], dtype=torch.float64), u + 1.0]
+    )[:n]
     for e in (1, 3, 6, 9, 12):
         out[f"near_singular_1e-{e}"] = torch.cat(
             [torch.tensor([10.0**-e], dtype=torch.float64), u[1:] + 10.0**-e]
@@ -91,7 +95,8 @@ def test_real_ntk_four_dim_input(rng):
 
 
 @pytest.mark.slow
-def test_large_dense_n2000(rng):
+@pytest.mark.parametrize("method", ["dense", "cholesky"])
+def test_large_n2000(method, rng):
     eigs = torch.cat(
         [
             torch.tensor([5e3], dtype=torch.float64),
@@ -99,7 +104,7 @@ def test_large_dense_n2000(rng):
         ]
     )
     a = with_spectrum(eigs, rng)
-    check_bracket(eig_bounds(a, method="dense"), torch.linalg.eigvalsh(a))
+    check_bracket(eig_bounds(a, method=method), torch.linalg.eigvalsh(a))
 
 
 def test_lanczos_lambda_max_few_matvecs(rng):

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .native import abs_quadratic
+
 UNIT_ROUNDOFF = 2.0**-53
 
 
@@ -54,11 +56,14 @@ class ShiftTest:
     factor: torch.Tensor | None  # lower Cholesky factor when success
 
 
-def cholesky_shift_test(a: torch.Tensor, shift: float, asymmetry: float = 0.0) -> ShiftTest:
-    """Try Cholesky of ``a − shift·I`` (float64, lower triangle). On success return the
-    certified lower bound on λ_min of the symmetric part of ``a`` (see module docstring)."""
+def cholesky_shift_test(
+    a: torch.Tensor, shift: float, asymmetry: float = 0.0, negate: bool = False
+) -> ShiftTest:
+    """Try Cholesky of ``±a − shift·I`` (float64, lower triangle; ``negate`` picks −a). On
+    success return the certified lower bound on λ_min of the symmetric part of ±a (see the
+    module docstring)."""
     n = a.shape[0]
-    b = a.clone()
+    b = a.neg() if negate else a.clone()
     b.diagonal().sub_(shift)
     diag = b.diagonal()
     if bool((diag <= 0).any()):
@@ -73,22 +78,36 @@ def cholesky_shift_test(a: torch.Tensor, shift: float, asymmetry: float = 0.0) -
     return ShiftTest(shift, True, shift - margin, margin, factor)
 
 
-def rayleigh_bounds(a: torch.Tensor, v: torch.Tensor) -> tuple[float, float]:
-    """Rigorous interval [lo, hi] containing the exact Rayleigh quotient vᵀAv / vᵀv (its
+def rayleigh_bounds(a: torch.Tensor, v: torch.Tensor, negate: bool = False) -> tuple[float, float]:
+    """Rigorous interval [lo, hi] containing the exact Rayleigh quotient vᵀ(±A)v / vᵀv (its
     half-width is the rounding allowance 3γ_{n+1}|v|ᵀ|A||v| / vᵀv, slightly inflated)."""
     n = a.shape[0]
     av = a @ v
-    q = float(v @ av) / float(v @ v)
-    err = 3.0 * gamma(n + 1) * float(v.abs() @ (a.abs() @ v.abs())) / float(v @ v)
+    vv = float(v @ v)
+    q = float(v @ av) / vv
+    if negate:
+        q = -q
+    err = 3.0 * gamma(n + 1) * abs_quadratic(a, v) / vv
     err = err * _safety(n) + abs(q) * 4 * UNIT_ROUNDOFF
     return q - err, q + err
+
+
+def cholesky_inverse_matvec(factor: torch.Tensor):
+    """v ↦ (LLᵀ)⁻¹ v for a lower Cholesky factor L (two triangular solves)."""
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        y = torch.linalg.solve_triangular(factor, v.unsqueeze(1), upper=False)
+        return torch.linalg.solve_triangular(factor.T, y, upper=True).squeeze(1)
+
+    return apply
 
 
 def inverse_iteration(factor: torch.Tensor, start: torch.Tensor, steps: int = 3) -> torch.Tensor:
     """A few steps of inverse iteration with a Cholesky factor L of (A − sI) = LLᵀ: converges
     to the eigenvector of the eigenvalue nearest s (fast, since s is close)."""
+    solve = cholesky_inverse_matvec(factor)
     v = start / start.norm()
     for _ in range(steps):
-        v = torch.cholesky_solve(v.unsqueeze(1), factor).squeeze(1)
+        v = solve(v)
         v = v / v.norm()
     return v

@@ -1,0 +1,120 @@
+"""Memory-bound reductions behind the eigenvalue bounds: the C++ kernels of ``lplr_fast._C``
+on CPU tensors, the same quantities from PyTorch expressions elsewhere (CUDA: elementwise
+passes are already bandwidth-bound there) or when the compiled module is unavailable.
+
+All sums are accumulated in float64 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import _backend
+
+
+def _native_for(t: torch.Tensor):
+    if t.device.type != "cpu":
+        return None
+    return _backend.native()
+
+
+@dataclass(frozen=True)
+class TileStats:
+    """Reductions of one tile T = A[row0 : row0 + r, col0 : col0 + c] of a larger matrix A.
+
+    ``nonfinite``: NaN/Inf entries; ``sumsq``: Σ t² (finite entries); ``max_abs``: max |t|;
+    ``diag_sum``: Σ of the entries on A's diagonal; ``row_abs`` (r,) / ``col_abs`` (c,):
+    Σ |t| along rows / columns leaving out A's diagonal (Gershgorin radii contributions)."""
+
+    nonfinite: int
+    sumsq: float
+    max_abs: float
+    diag_sum: float
+    row_abs: torch.Tensor
+    col_abs: torch.Tensor
+
+
+def _diag_mask(r: int, c: int, row0: int, col0: int, device: torch.device) -> torch.Tensor:
+    rows = torch.arange(row0, row0 + r, device=device)[:, None]
+    cols = torch.arange(col0, col0 + c, device=device)[None, :]
+    return rows == cols
+
+
+def tile_stats(tile: torch.Tensor, row0: int, col0: int) -> TileStats:
+    """One pass over a 2-D tile (float32/float64) placed at (row0, col0)."""
+    module = _native_for(tile)
+    if module is not None:
+        scalars, row_abs, col_abs = module.tile_stats(tile, int(row0), int(col0))
+        bad, sumsq, max_abs, diag = scalars.tolist()
+        return TileStats(int(bad), sumsq, max_abs, diag, row_abs, col_abs)
+    t = tile.double()
+    finite = torch.isfinite(t)
+    t = torch.where(finite, t, torch.zeros((), dtype=t.dtype, device=t.device))
+    on_diag = _diag_mask(t.shape[0], t.shape[1], row0, col0, t.device)
+    off = t.abs().masked_fill(on_diag, 0.0)
+    return TileStats(
+        int((~finite).sum()),
+        float((t * t).sum()),
+        float(t.abs().max()) if t.numel() else 0.0,
+        float(t[on_diag].sum()),
+        off.sum(dim=1).cpu(),
+        off.sum(dim=0).cpu(),
+    )
+
+
+@dataclass(frozen=True)
+class SquareStats:
+    """One-pass reductions of a square matrix A: ``nonfinite`` entries, ``asym_fro`` =
+    ‖A − Aᵀ‖_F, ``fro`` = ‖A‖_F, ``max_abs``, ``trace``, ``max_abs_diag`` and ``row_abs``
+    (n,) = Σ_{j≠i} |a_ij| (float64, on the CPU)."""
+
+    nonfinite: int
+    asym_fro: float
+    fro: float
+    max_abs: float
+    trace: float
+    max_abs_diag: float
+    row_abs: torch.Tensor
+
+
+def square_stats(a: torch.Tensor) -> SquareStats:
+    """One pass over a square 2-D float32/float64 matrix."""
+    module = _native_for(a)
+    if module is not None:
+        scalars, row_abs = module.square_stats(a)
+        bad, asym2, fro2, max_abs, trace, max_diag = scalars.tolist()
+        return SquareStats(int(bad), asym2**0.5, fro2**0.5, max_abs, trace, max_diag, row_abs)
+    t = a.double()
+    finite = torch.isfinite(t)
+    t = torch.where(finite, t, torch.zeros((), dtype=t.dtype, device=t.device))
+    diag = t.diagonal()
+    return SquareStats(
+        int((~finite).sum()),
+        float((t - t.T).norm()),
+        float(t.norm()),
+        float(t.abs().max()),
+        float(diag.sum()),
+        float(diag.abs().max()),
+        (t.abs().sum(dim=1) - diag.abs()).cpu(),
+    )
+
+
+def symv_upper(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """S v with S the symmetric matrix holding the upper triangle of ``a`` (n, n); the strict
+    lower triangle is not read. ``v``: (n,) or (n, m), same dtype as ``a``."""
+    module = _native_for(a)
+    if module is not None and v.device.type == "cpu" and v.dtype == a.dtype:
+        return module.symv_upper(a, v)
+    upper = torch.triu(a)
+    return upper @ v + torch.triu(a, 1).T @ v
+
+
+def abs_quadratic(a: torch.Tensor, v: torch.Tensor) -> float:
+    """|v|ᵀ|A||v| in float64 for a square ``a`` and a vector ``v`` (no |A| is formed on CPU)."""
+    module = _native_for(a)
+    if module is not None and v.device.type == "cpu":
+        return float(module.abs_quadratic(a, v))
+    w = v.double().abs()
+    return float(w @ (a.double().abs() @ w))
