@@ -79,8 +79,12 @@ def extensions() -> list:
     with_cuda = want_cuda()
     from torch.utils import cpp_extension
 
-    cpu_sources = ["csrc/bindings.cpp", "csrc/gram_checks.cpp", "csrc/cpu/gram_cpu.cpp",
-                   "csrc/cpu/spectral_cpu.cpp"]
+    cpu_sources = [
+        "csrc/bindings.cpp",
+        "csrc/gram_checks.cpp",
+        "csrc/cpu/gram_cpu.cpp",
+        "csrc/cpu/spectral_cpu.cpp",
+    ]
     cxx_flags = ["-O3", "-fopenmp", f'-DLPLR_SOURCE_HASH="{source_hash()}"']
     link_flags = ["-fopenmp"]
     if not with_cuda:

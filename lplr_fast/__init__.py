@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from ._backend import backend_info
 from .gram import gram_accumulate, gram_accumulate_reference
-from .ntk import empirical_ntk, ntk_blocks
-from .spectrum import SpectrumBounds, eig_bounds
+from .ntk import NTKOperator, empirical_ntk, ntk_blocks
+from .spectrum import NormBounds, SpectrumBounds, StreamingBounds, eig_bounds, ntk_distance
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NTKOperator",
+    "NormBounds",
     "SpectrumBounds",
+    "StreamingBounds",
     "__version__",
     "backend_info",
     "eig_bounds",
@@ -18,4 +21,5 @@ __all__ = [
     "gram_accumulate",
     "gram_accumulate_reference",
     "ntk_blocks",
+    "ntk_distance",
 ]

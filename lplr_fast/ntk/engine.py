@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..gram import COMPUTE_MODES, gram_out_shape
+from ..spectrum.streaming import StreamingBounds
 from . import reference
 from .capture import Capture, forward_with_cotangents, parametrised_modules
 from .rules import ConvRoute, Features, accumulate_pair, default_chunk, feature_bytes_per_sample
@@ -226,6 +227,7 @@ def ntk_blocks(
     return_layers: bool = False,
     batchnorm: Literal["error", "eval", "batch"] = "error",
     conv_route: ConvRoute = "auto",
+    bounds: StreamingBounds | None = None,
 ) -> Iterator[tuple[Tile, Any]]:
     """Stream the structured empirical NTK tile by tile.
 
@@ -235,9 +237,11 @@ def ntk_blocks(
     ``rows`` are yielded (the rest is their transpose, see :func:`transpose_tile`). With
     ``return_layers=True`` each tile is a pair ``(tile, parts)`` with ``parts`` a dict
     module name → that module's share of the tile. Memory: two blocks of features and one
-    tile (per part) at a time.
+    tile (per part) at a time. ``bounds``: a :class:`StreamingBounds` fed every tile as it
+    passes (x2=None, compute "full" or "trace").
     """
     model, x1, x2 = _prepare(model, x1, x2, compute, "structured", dtype, batchnorm)
+    _check_stream(bounds, x1, x2, compute)
     if batchnorm == "batch" and train_mode_batchnorms(model):
         raise ValueError(
             "batchnorm='batch' couples all samples of a batch and cannot be tiled; "
@@ -249,6 +253,7 @@ def ntk_blocks(
             model, x1, x2, compute, block_size, conv_route, return_layers, out_dtype
         ):
             total = sum(parts.values())
+            _feed(bounds, tile, total, parts)
             yield tile, ((total, parts) if return_layers else total)
 
 
@@ -265,6 +270,7 @@ def empirical_ntk(
     batchnorm: Literal["error", "eval", "batch"] = "error",
     out: torch.Tensor | np.ndarray | None = None,
     conv_route: ConvRoute = "auto",
+    bounds: StreamingBounds | None = None,
 ) -> torch.Tensor | np.ndarray | tuple[Any, dict[str, torch.Tensor]]:
     """Empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of ``model``'s outputs w.r.t. its trainable
     parameters.
@@ -287,11 +293,16 @@ def empirical_ntk(
         out: optional preallocated tensor or numpy array / memmap of the result's shape,
             filled tile by tile (structured only).
         conv_route: "auto" (cost model), "ghost" or "materialize" for conv layers.
+        bounds: a :class:`StreamingBounds` (n = len(x1)) fed every tile while the kernel is
+            computed (x2=None, compute "full" or "trace"): trace, Frobenius norm, diagonal
+            and Gershgorin bounds (and per-layer parts with ``per_layer=True``) without a
+            second pass over the kernel.
 
     Returns:
         The kernel (``out`` when given), or ``(kernel, parts)`` with ``return_layers``.
     """
     model, x1, x2 = _prepare(model, x1, x2, compute, implementation, dtype, batchnorm)
+    _check_stream(bounds, x1, x2, compute)
     out_dtype = next(iter(trainable_parameters(model).values())).dtype
     coupled = batchnorm == "batch" and bool(train_mode_batchnorms(model))
     if coupled or implementation != "structured":
@@ -305,6 +316,8 @@ def empirical_ntk(
             else:
                 parts = reference.ntk_vp(model, x1, x2, compute)
         total = sum(parts.values())
+        whole = slice(0, x1.shape[0])
+        _feed(bounds, (whole, whole), total, parts)
         return (total, parts) if return_layers else total
 
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
@@ -315,6 +328,7 @@ def empirical_ntk(
             model, x1, x2, compute, block_size, conv_route, return_layers, out_dtype
         ):
             tile = sum(parts.values())
+            _feed(bounds, (r, c), tile, parts)
             if not layer_parts and r.start == 0 and c.start == 0:
                 k = 1 if compute == "trace" else tile.shape[2]
                 shape = gram_out_shape(x1.shape[0], n2, k, compute)
@@ -335,6 +349,37 @@ def empirical_ntk(
                 for name, part in parts.items() if return_layers else ():
                     _write(layer_parts[name], c, r, transpose_tile(part, compute))
     return (result, layer_parts) if return_layers else result
+
+
+def _check_stream(
+    bounds: StreamingBounds | None, x1: torch.Tensor, x2: torch.Tensor | None, compute: str
+) -> None:
+    if bounds is None:
+        return
+    if not isinstance(bounds, StreamingBounds):
+        raise TypeError(f"bounds must be a StreamingBounds, got {type(bounds).__name__}")
+    if x2 is not None or compute == "diagonal" or not bounds.upper:
+        raise ValueError(
+            "bounds= needs the symmetric kernel (x2=None), compute 'full' or 'trace', and a "
+            "StreamingBounds(upper=True)"
+        )
+    if bounds.n != x1.shape[0]:
+        raise ValueError(f"bounds was made for n={bounds.n} samples, x1 has {x1.shape[0]}")
+
+
+def _feed(
+    bounds: StreamingBounds | None,
+    tile: Tile,
+    total: torch.Tensor,
+    parts: dict[str, torch.Tensor],
+) -> None:
+    if bounds is None:
+        return
+    r, c = tile
+    bounds.update(r, c, total)
+    if bounds.per_layer:
+        for name, part in parts.items():
+            bounds.update(r, c, part, layer=name)
 
 
 def _write(dest: torch.Tensor | np.ndarray, r: slice, c: slice, tile: torch.Tensor) -> None:

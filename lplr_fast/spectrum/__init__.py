@@ -1,6 +1,17 @@
-"""Certified and matrix-free eigenvalue bounds for NTK matrices."""
+"""Certified, streaming and matrix-free eigenvalue bounds for NTK matrices."""
 
 from .bounds import SpectrumBounds, as_matrix, eig_bounds
+from .distance import NormBounds, ntk_distance
 from .lanczos import LanczosResult, lanczos
+from .streaming import StreamingBounds
 
-__all__ = ["LanczosResult", "SpectrumBounds", "as_matrix", "eig_bounds", "lanczos"]
+__all__ = [
+    "LanczosResult",
+    "NormBounds",
+    "SpectrumBounds",
+    "StreamingBounds",
+    "as_matrix",
+    "eig_bounds",
+    "lanczos",
+    "ntk_distance",
+]

@@ -248,10 +248,8 @@ def eig_bounds(
     asym = stats.asym_fro
     n = a.shape[0]
     if method == "auto":
-        if n > DENSE_LIMIT:
-            method = "lanczos"
-        else:
-            method = "cholesky" if certify else "dense"
+        stored = "cholesky" if certify else "dense"
+        method = "lanczos" if n > DENSE_LIMIT else stored
     a64 = a.double()
     if method == "lanczos":
         return _lanczos_bounds(None, a64, which, rtol, seed, t0, psd=False)
@@ -309,8 +307,9 @@ def _lanczos_bounds(
 ) -> SpectrumBounds:
     if op is not None:
         n = int(op.shape[0])
-        probe = op.matvec(torch.zeros(n, dtype=torch.float64))
-        matvec, dtype, device = op.matvec, probe.dtype, probe.device
+        matvec = op.matvec
+        dtype = getattr(op, "dtype", torch.float64)
+        device = getattr(op, "device", torch.device("cpu"))
     else:
         assert a64 is not None
         n, dtype, device = a64.shape[0], a64.dtype, a64.device
