@@ -150,17 +150,38 @@ def case_mlp(device, dtype, rows, widths, n, compute, ref_n, gemm):
     )
 
 
-def case_eig(device, rows, n):
-    gen = torch.Generator().manual_seed(0)
-    j = torch.randn(n, n // 2 + 8, generator=gen, dtype=torch.float64)
-    a = (j @ j.T + 1e-3 * torch.eye(n, dtype=torch.float64)).to(device)
-    plain = timeit(lambda: torch.linalg.eigvalsh(a), device, repeat=3)
-    cert = timeit(lambda: lplr_fast.eig_bounds(a, method="dense"), device, repeat=3)
-    lz = timeit(lambda: lplr_fast.eig_bounds(a, method="lanczos", which=("max",)), device, repeat=3)
-    lob = timeit(lambda: torch.lobpcg(a, k=1, largest=True), device, repeat=3)
-    name = f"eig n={n} float64"
+def ntk_matrix(device: torch.device, n: int, k: int) -> torch.Tensor:
+    """A real NTK (MLP 16→256→256→k, float64) as an (n·k) × (n·k) matrix."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, k)
+    ).to(device, torch.float64)
+    x = torch.randn(n, 16, device=device, dtype=torch.float64)
+    return lplr_fast.spectrum.as_matrix(lplr_fast.empirical_ntk(model, x))
+
+
+def scipy_eigsh_max(a: torch.Tensor) -> float:
+    from scipy.sparse.linalg import eigsh
+
+    return float(eigsh(a.cpu().numpy(), k=1, which="LA", tol=1e-6, return_eigenvectors=False)[0])
+
+
+def case_eig(device, rows, n, k):
+    a = ntk_matrix(device, n, k)
+    size = a.shape[0]
+    repeat = 3 if size <= 4096 else 1
+    plain = timeit(lambda: torch.linalg.eigvalsh(a), device, repeat=repeat)
+    cert = timeit(lambda: lplr_fast.eig_bounds(a), device, repeat=repeat)
+    bounds = lplr_fast.eig_bounds(a)
+    name = f"eig NTK n·k={size} (n={n}, k={k}) float64"
     rows.append(
-        {"case": name, "impl": "lplr certified bracket (dense)", **cert, "ratio_to_ours": 1.0}
+        {
+            "case": name,
+            "impl": f"lplr certified bracket ({bounds.method}, both ends)",
+            **cert,
+            "ratio_to_ours": 1.0,
+            "note": f"λ_min ∈ [{bounds.lambda_min_lower:.6g}, {bounds.lambda_min_upper:.6g}]",
+        }
     )
     rows.append(
         {
@@ -170,20 +191,36 @@ def case_eig(device, rows, n):
             "ratio_to_ours": plain["median_s"] / cert["median_s"],
         }
     )
+    lz_bounds = lplr_fast.eig_bounds(a, method="lanczos", which=("max",))
+    lz = timeit(lambda: lplr_fast.eig_bounds(a, method="lanczos", which=("max",)), device)
+    lanczos_name = f"eig NTK n·k={size} λ_max only"
     rows.append(
         {
-            "case": name,
-            "impl": "lplr lanczos λ_max",
+            "case": lanczos_name,
+            "impl": f"lplr lanczos λ_max ({lz_bounds.matvecs} matvecs)",
             **lz,
-            "ratio_to_ours": lz["median_s"] / cert["median_s"],
+            "ratio_to_ours": 1.0,
         }
     )
+    lob = timeit(lambda: torch.lobpcg(a, k=1, largest=True, tol=1e-6), device)
     rows.append(
         {
-            "case": name,
+            "case": lanczos_name,
             "impl": "torch.lobpcg λ_max",
             **lob,
-            "ratio_to_ours": lob["median_s"] / cert["median_s"],
+            "ratio_to_ours": lob["median_s"] / lz["median_s"],
+        }
+    )
+    try:
+        sp = timeit(lambda: scipy_eigsh_max(a), device)
+    except ImportError:
+        return
+    rows.append(
+        {
+            "case": lanczos_name,
+            "impl": "scipy.sparse.linalg.eigsh λ_max (ARPACK)",
+            **sp,
+            "ratio_to_ours": sp["median_s"] / lz["median_s"],
         }
     )
 
@@ -199,8 +236,8 @@ def write(rows: list[dict], meta: dict, out_dir: Path) -> None:
         "the first row of the same case (> 1: slower than ours).",
         "",
         "| case | implementation | median ms | min–max ms | ratio | GFLOP/s | GEMM share |"
-        " peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        " peak MiB | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gflops = f"{r['gflops']:.1f}" if r.get("gflops") else ""
@@ -209,11 +246,40 @@ def write(rows: list[dict], meta: dict, out_dir: Path) -> None:
         lines.append(
             f"| {r['case']} | {r['impl']} | {r['median_s'] * 1e3:.2f} | "
             f"{r['min_s'] * 1e3:.2f}–{r['max_s'] * 1e3:.2f} | {r['ratio_to_ours']:.2f} | "
-            f"{gflops} | {share} | {peak} |"
+            f"{gflops} | {share} | {peak} | {r.get('note', '')} |"
         )
     name = f"RESULTS_{meta['device']}.md"  # RESULTS.md is the curated summary
     (out_dir / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def group_gram(device, rows, quick, gemm) -> None:
+    n_gram = 1024 if quick else (2048 if device.type == "cpu" else 8192)
+    for dtype in (torch.float32, torch.float64):
+        case_gram(device, dtype, rows, n_gram, 1024, 1024, 1, "full")
+        case_gram(device, dtype, rows, n_gram // 4, 512, 512, 10, "full")
+        case_gram(device, dtype, rows, n_gram, 512, 512, 10, "trace")
+
+
+def group_mlp(device, rows, quick, gemm) -> None:
+    widths = [784, 2048, 2048, 2048, 10]
+    n_mlp = 128 if quick else 512
+    for compute in ("full", "trace"):
+        case_mlp(
+            device, torch.float32, rows, widths, n_mlp, compute, ref_n=8 if quick else 16, gemm=gemm
+        )
+
+
+def group_eig(device, rows, quick, gemm) -> None:
+    for n, k in ((512, 2),) if quick else ((512, 2), (1024, 4), (2048, 4)):
+        case_eig(device, rows, n, k)
+
+
+GROUPS: dict[str, Callable[..., None]] = {
+    "gram": group_gram,
+    "mlp": group_mlp,
+    "eig": group_eig,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,24 +287,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="smaller cases")
     parser.add_argument("--out", type=Path, default=ROOT)
+    parser.add_argument(
+        "--only",
+        default=",".join(GROUPS),
+        help=f"comma-separated case groups out of {','.join(GROUPS)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    groups = [g for g in args.only.split(",") if g]
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown case groups {sorted(unknown)}; choose from {list(GROUPS)}")
     device = torch.device(args.device)
-    f32 = torch.float32
-    gemm = gemm_rate(device, f32, 2048 if device.type == "cpu" else 8192)
+    gemm = gemm_rate(device, torch.float32, 2048 if device.type == "cpu" else 8192)
     rows: list[dict] = []
-    n_gram = 1024 if args.quick else (2048 if device.type == "cpu" else 8192)
-    for dtype in (f32, torch.float64):
-        case_gram(device, dtype, rows, n_gram, 1024, 1024, 1, "full")
-        case_gram(device, dtype, rows, n_gram // 4, 512, 512, 10, "full")
-        case_gram(device, dtype, rows, n_gram, 512, 512, 10, "trace")
-    widths = [784, 2048, 2048, 2048, 10]
-    n_mlp = 128 if args.quick else 512
-    for compute in ("full", "trace"):
-        case_mlp(
-            device, f32, rows, widths, n_mlp, compute, ref_n=8 if args.quick else 16, gemm=gemm
-        )
-    for n in (1024,) if args.quick else (1024, 4096):
-        case_eig(device, rows, n)
+    for group in groups:
+        GROUPS[group](device, rows, args.quick, gemm)
     meta = {
         "date": str(date.today()),
         "torch": torch.__version__,
