@@ -6,12 +6,15 @@ from ._backend import backend_info
 from .gram import gram_accumulate, gram_accumulate_reference
 from .ntk import NTKOperator, empirical_ntk, ntk_blocks
 from .spectrum import NormBounds, SpectrumBounds, StreamingBounds, eig_bounds, ntk_distance
+from .train import Diagnostics, RunResult, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Diagnostics",
     "NTKOperator",
     "NormBounds",
+    "RunResult",
     "SpectrumBounds",
     "StreamingBounds",
     "__version__",
@@ -22,4 +25,5 @@ __all__ = [
     "gram_accumulate_reference",
     "ntk_blocks",
     "ntk_distance",
+    "train",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``lplr-fast demo`` (the default job) and ``lplr-fast info``."""
+"""Command line: ``lplr-fast demo`` (the default job), ``train``, ``plot`` and ``info``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,47 @@ def _parser() -> argparse.ArgumentParser:
         help="skip the torch.func reference (faster for large n)",
     )
     sub.add_parser("info", help="print what the compiled backend supports, as JSON")
+    train = sub.add_parser(
+        "train", help="GD/SGD with LPLR diagnostics from a TOML config (resumes RUN_DIR)"
+    )
+    train.add_argument("config", help="TOML file (see lplr_fast/train/runconfig.py)")
+    train.add_argument("--out", required=True, help="run folder (history, summary, checkpoint)")
+    train.add_argument("--quiet", action="store_true", help="no progress line")
+    plot = sub.add_parser("plot", help="PNG figures of a run folder")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR)")
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train.cli_run import run_from_config
+    from .train.runconfig import ConfigError
+
+    try:
+        result = run_from_config(args.config, args.out, progress=not args.quiet)
+    except (ConfigError, ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"lplr-fast train: {exc}", file=sys.stderr)
+        return 2
+    print(result)
+    print(f"run written to {args.out}")
+    status = result.summary.get("status", "")
+    if status.startswith("interrupted"):
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 1 if status.startswith("diverged") else 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .train.plot import plot_run
+
+    try:
+        paths = plot_run(args.run_dir, args.out)
+    except FileNotFoundError as exc:
+        print(f"lplr-fast plot: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         print(json.dumps(backend_info(), indent=2, default=str))
         return 0
+    if args.command == "train":
+        return _train(args)
+    if args.command == "plot":
+        return _plot(args)
     from .demo import DemoConfig, format_table, run_demo
 
     if args.n < 2 or args.width < 1 or args.depth < 1:

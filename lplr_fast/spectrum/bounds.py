@@ -253,6 +253,13 @@ def eig_bounds(
     a64 = a.double()
     if method == "lanczos":
         return _lanczos_bounds(None, a64, which, rtol, seed, t0, psd=False)
+    if stats.max_abs == 0.0:  # the zero matrix: every eigenvalue is exactly 0
+        lo_min, hi_min = (0.0, 0.0) if "min" in which else (-math.inf, math.inf)
+        lo_max, hi_max = (0.0, 0.0) if "max" in which else (-math.inf, math.inf)
+        return SpectrumBounds(
+            lo_min, hi_min, lo_max, hi_max, "min" in which, "max" in which, method, 0,
+            time.perf_counter() - t0, n, 0.0, 0.0,
+        )  # fmt: skip
     matvecs = 0
     prior: ShiftTest | None = None
     est_min = est_max = math.nan

@@ -1,0 +1,7 @@
+"""GD/SGD training with LPLR diagnostics: PL ratio, NTK bounds and drift, rate checks."""
+
+from .config import Diagnostics
+from .loop import train
+from .result import RunResult
+
+__all__ = ["Diagnostics", "RunResult", "train"]

@@ -1,0 +1,92 @@
+"""``lplr-fast plot RUN_DIR``: PNG figures of a run (matplotlib, Agg backend, no display).
+
+* ``suboptimality.png``: L − L* on a log scale with the predicted envelope (1 − ημ)^t;
+* ``pl_ratio.png``: the PL ratio with the certified [λ_min, λ_max] band at NTK steps;
+* ``drift.png``: parameter drift ‖θ_t − θ_0‖ and NTK drift ‖Θ_t − Θ_0‖ (2-norm, Frobenius);
+* ``mu_cert.png``: μ_cert = λ_0 − L̂_Θ·r over time, with its zero line.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .result import RunResult
+
+
+def _finite_pairs(steps: list[float], values: list[float]) -> tuple[list[float], list[float]]:
+    pairs = [(t, v) for t, v in zip(steps, values, strict=True) if math.isfinite(v)]
+    return [t for t, _ in pairs], [v for _, v in pairs]
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write the figures of the run in ``run_dir`` (into ``out_dir``, default the run
+    folder); returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = RunResult.load(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = run.column("step")
+    l_star = float(run.config.get("l_star", 0.0))
+    lr = float(run.config.get("lr", math.nan))
+    written: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        path = out / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+    sub = [v - l_star for v in run.column("loss")]
+    t, s = _finite_pairs(steps, sub)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogy(t, [max(v, 1e-300) for v in s], label="L − L*")
+    mu = min((v for v in run.column("lambda_min_lower") if math.isfinite(v)), default=math.nan)
+    if t and math.isfinite(mu) and mu > 0 and math.isfinite(lr):
+        ax.semilogy(t, [s[0] * (1 - lr * mu) ** (ti - t[0]) for ti in t], "--",
+                    label=f"(1 − ημ)^t, μ = {mu:.3g}")  # fmt: skip
+    ax.set(xlabel="step", ylabel="suboptimality", title="Loss suboptimality")
+    ax.legend()
+    save(fig, "suboptimality.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    t, p = _finite_pairs(steps, run.column("pl_ratio"))
+    ax.plot(t, p, label="PL ratio ‖∇L‖²/(2(L − L*))")
+    tl, lo = _finite_pairs(steps, run.column("lambda_min_lower"))
+    th, hi = _finite_pairs(steps, run.column("lambda_max_upper"))
+    if tl and th and len(tl) == len(th):
+        ax.fill_between(tl, lo, hi, alpha=0.2, label="[λ_min, λ_max] (PL scale)")
+        ax.plot(tl, lo, "o-", ms=3, label="λ_min lower")
+    ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="PL scale", title="PL ratio and NTK spectrum band")
+    ax.legend()
+    save(fig, "pl_ratio.png")
+
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    t, d = _finite_pairs(steps, run.column("param_drift"))
+    ax1.plot(t, d, color="C0", label="‖θ_t − θ_0‖")
+    ax1.set(xlabel="step", ylabel="parameter drift")
+    ax2 = ax1.twinx()
+    for name, style in (("ntk_drift_op", "o-"), ("ntk_drift_fro", "s--")):
+        tn, dn = _finite_pairs(steps, run.column(name))
+        ax2.plot(tn, dn, style, ms=3, label=name)
+    ax2.set_ylabel("NTK drift (PL scale)")
+    lines = ax1.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax1.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left")
+    ax1.set_title("Parameter and NTK drift")
+    save(fig, "drift.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    t, m = _finite_pairs(steps, run.column("mu_cert"))
+    ax.plot(t, m, "o-", ms=3, label="μ_cert = λ_0 − L̂_Θ·r")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set(xlabel="step", ylabel="μ_cert (PL scale)", title="Certified PL constant estimate")
+    ax.legend()
+    save(fig, "mu_cert.png")
+    return written
