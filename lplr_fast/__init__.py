@@ -6,7 +6,7 @@ from ._backend import backend_info
 from .gram import gram_accumulate, gram_accumulate_reference
 from .ntk import NTKOperator, empirical_ntk, ntk_blocks
 from .spectrum import NormBounds, SpectrumBounds, StreamingBounds, eig_bounds, ntk_distance
-from .train import Diagnostics, RunResult, train
+from .training import Diagnostics, RunResult, train
 
 __version__ = "0.1.0"
 

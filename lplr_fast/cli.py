@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="GD/SGD with LPLR diagnostics from a TOML config (resumes RUN_DIR)"
     )
-    train.add_argument("config", help="TOML file (see lplr_fast/train/runconfig.py)")
+    train.add_argument("config", help="TOML file (see lplr_fast/training/runconfig.py)")
     train.add_argument("--out", required=True, help="run folder (history, summary, checkpoint)")
     train.add_argument("--quiet", action="store_true", help="no progress line")
     plot = sub.add_parser("plot", help="PNG figures of a run folder")
@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train.cli_run import run_from_config
-    from .train.runconfig import ConfigError
+    from .training.cli_run import run_from_config
+    from .training.runconfig import ConfigError
 
     try:
         result = run_from_config(args.config, args.out, progress=not args.quiet)
@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .train.plot import plot_run
+    from .training.plot import plot_run
 
     try:
         paths = plot_run(args.run_dir, args.out)

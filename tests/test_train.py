@@ -1,0 +1,251 @@
+"""Training runs with LPLR diagnostics: invariants on real runs, files, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import lplr_fast.training.loop as loop
+from lplr_fast import Diagnostics, RunResult, eig_bounds, empirical_ntk, train
+from lplr_fast.cli import main as cli_main
+from lplr_fast.spectrum import as_matrix
+from lplr_fast.training.config import loss_scale
+
+
+def wide_mlp(d: int = 8, width: int = 1024, k: int = 1, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, width), nn.Tanh(), nn.Linear(width, k)).double()
+
+
+def data(n: int = 12, d: int = 8, k: int = 1, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    y = 0.3 * torch.sin(3 * x[:, :k])
+    return x, y
+
+
+def safe_lr(model: nn.Module, x: torch.Tensor, loss: str, k: int, fraction: float = 0.9) -> float:
+    kernel = as_matrix(empirical_ntk(model, x)) * loss_scale(loss, x.shape[0], k)
+    return fraction / eig_bounds(kernel, which=("max",)).lambda_max_upper
+
+
+@pytest.mark.parametrize("loss", ["mean_half", "sum_half", "mse"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_pl_ratio_inside_certified_band_and_monotone_gd(loss, k):
+    x, y = data(k=k)
+    model = wide_mlp(k=k)
+    lr = safe_lr(model, x, loss, k)
+    result = train(model, x, y, lr=lr, steps=60, loss=loss,
+                   diagnostics=Diagnostics(every=1, ntk_every=10))  # fmt: skip
+    ntk_rows = [r for r in result.history if math.isfinite(r.get("lambda_min_lower", math.nan))]
+    assert len(ntk_rows) == 7
+    for r in ntk_rows:
+        assert r["lambda_min_lower"] <= r["pl_ratio"] <= r["lambda_max_upper"], r
+        assert r["lambda_min_lower"] <= r["lambda_min_upper"] <= r["lambda_max_upper"]
+    losses = result.column("loss")
+    assert all(b <= a for a, b in itertools.pairwise(losses)), "GD loss increased"
+    assert result.summary["status"] == "completed"
+    assert result.summary["pl_bounds_comparable"] is True
+
+
+def test_rate_no_worse_than_predicted_when_local():
+    x, y = data(n=12, d=16)
+    model = wide_mlp(d=16, width=4096)
+    lr = safe_lr(model, x, "mean_half", 1)
+    result = train(model, x, y, lr=lr, steps=150, diagnostics=Diagnostics(every=5, ntk_every=30))
+    s = result.summary
+    assert s["stayed_local"], s
+    assert s["fitted_rate"] <= s["predicted_rate"], s
+    assert s["lambda0"] > 0 and s["mu_cert_final"] > 0
+    assert s["max_param_drift"] == max(result.column("param_drift"))
+    assert "stayed in a locally PL region" in s["verdict"]
+    assert s["step_size_ok"] == (lr <= 1 / s["beta_est"])
+
+
+def test_logged_loss_equals_direct_recomputation():
+    x, y = data()
+    model = wide_mlp()
+    lr = safe_lr(model, x, "mean_half", 1)
+    result = train(model, x, y, lr=lr, steps=25, diagnostics=Diagnostics(every=1, ntk_every=100))
+    with torch.no_grad():
+        final = 0.5 * ((model(x) - y) ** 2).sum() / x.shape[0]
+    assert math.isclose(result.history[-1]["loss"], float(final), rel_tol=1e-13)
+    for t in (0, 7):
+        fresh = wide_mlp()
+        short = train(fresh, x, y, lr=lr, steps=t, diagnostics=Diagnostics(ntk_every=100))
+        assert short.history[-1]["loss"] == result.history[t]["loss"]
+        assert short.history[-1]["grad_norm_sq"] == result.history[t]["grad_norm_sq"]
+
+
+def _reference_run(optimizer: str, tmp_path, steps: int = 40):
+    x, y = data(n=16)
+    kwargs = dict(optimizer=optimizer, lr=0.05, steps=steps, seed=3,
+                  batch_size=4 if optimizer == "sgd" else None,
+                  diagnostics=Diagnostics(every=2, ntk_every=10), checkpoint_every=10)  # fmt: skip
+    full = train(wide_mlp(width=256), x, y, **kwargs)
+    return x, y, kwargs, full
+
+
+def _same_history(a: list[dict], b: list[dict]) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            va, vb = ra[key], rb[key]
+            assert va == vb or (math.isnan(va) and math.isnan(vb)), (ra["step"], key, va, vb)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "sgd"])
+def test_resume_after_ctrl_c_reproduces_history(optimizer, tmp_path, monkeypatch):
+    x, y, kwargs, full = _reference_run(optimizer, tmp_path)
+    original = loop._cheap_row
+
+    def interrupt(step, *args, **kw):
+        if step == 23 or step == 24:
+            raise KeyboardInterrupt
+        return original(step, *args, **kw)
+
+    monkeypatch.setattr(loop, "_cheap_row", interrupt)
+    first = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
+    assert first.summary["status"].startswith("interrupted at step")
+    monkeypatch.setattr(loop, "_cheap_row", original)
+    resumed = train(wide_mlp(width=256, seed=99), x, y, out_dir=tmp_path, **kwargs)
+    _same_history(resumed.history, full.history)
+    assert resumed.summary["fitted_rate"] == full.summary["fitted_rate"]
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "sgd"])
+def test_resume_after_crash_reproduces_history(optimizer, tmp_path, monkeypatch):
+    x, y, kwargs, full = _reference_run(optimizer, tmp_path)
+    original = loop._cheap_row
+
+    def crash(step, *args, **kw):
+        if step == 26:
+            raise RuntimeError("simulated kill")
+        return original(step, *args, **kw)
+
+    monkeypatch.setattr(loop, "_cheap_row", crash)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
+    on_disk = RunResult.load(tmp_path)
+    assert on_disk.history[-1]["step"] < 20  # written at the step-20 checkpoint
+    monkeypatch.setattr(loop, "_cheap_row", original)
+    resumed = train(wide_mlp(width=256, seed=5), x, y, out_dir=tmp_path, **kwargs)
+    _same_history(resumed.history, full.history)
+    # a completed run resumed again changes nothing; a longer one continues
+    again = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
+    _same_history(again.history, full.history)
+    longer = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **{**kwargs, "steps": 50})
+    _, _, _, full50 = _reference_run(optimizer, tmp_path, steps=50)
+    _same_history(longer.history, full50.history)
+
+
+def test_files_written_and_readable(tmp_path):
+    x, y = data()
+    result = train(wide_mlp(width=128), x, y, lr=0.05, steps=12, out_dir=tmp_path,
+                   diagnostics=Diagnostics(every=3, ntk_every=6))  # fmt: skip
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"history.csv", "history.json", "summary.csv", "summary.json", "config.json",
+            "checkpoint.pt"} <= names  # fmt: skip
+    assert not [n for n in names if n.startswith(".")], "temporary files left behind"
+    with open(tmp_path / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [0, 3, 6, 9, 12]
+    assert float(rows[2]["loss"]) == result.history[2]["loss"]
+    assert rows[1]["lambda_min_lower"] == "" and rows[2]["lambda_min_lower"] != ""
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("lambda0", "pl_envelope", "fitted_rate", "fit_r2", "predicted_rate",
+                "max_param_drift", "L_theta_est", "mu_cert_final", "step_size_ok",
+                "stayed_local", "verdict"):  # fmt: skip
+        assert key in summary
+    loaded = RunResult.load(tmp_path)
+    _same_history(loaded.history, result.history)
+
+
+def test_diverging_run_is_marked(tmp_path):
+    x, y = data()
+    result = train(wide_mlp(width=128), x, y, lr=1e4, steps=200, out_dir=tmp_path,
+                   diagnostics=Diagnostics(every=10, ntk_every=50))  # fmt: skip
+    assert result.summary["status"].startswith("diverged at step")
+    assert "diverged" in result.summary["verdict"]
+    assert not math.isfinite(result.history[-1]["loss"])
+    assert len(result.history) >= 1 and result.history[0]["step"] == 0
+    assert RunResult.load(tmp_path).summary["status"] == result.summary["status"]
+
+
+def test_subset_and_trace_are_labelled():
+    x, y = data(k=2)
+    diagnostics = Diagnostics(ntk_every=2, ntk_subset=5, ntk_compute="trace")
+    result = train(wide_mlp(k=2, width=128), x, y, lr=0.05, steps=4, diagnostics=diagnostics)
+    assert result.config["ntk_samples"] == 5
+    assert result.summary["pl_bounds_comparable"] is False
+    assert math.isfinite(result.history[0]["lambda_min_lower"])
+
+
+def test_bad_input():
+    x, y = data()
+    model = wide_mlp(width=32)
+    with pytest.raises(ValueError, match="12 samples but y has 11"):
+        train(model, x, y[:11], lr=0.1, steps=1)
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="x contains NaN"):
+        train(model, bad, y, lr=0.1, steps=1)
+    for lr in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="lr must be"):
+            train(model, x, y, lr=lr, steps=1)
+    with pytest.raises(ValueError, match="output per sample"):
+        train(model, x, torch.zeros(12, 3, dtype=torch.float64), lr=0.1, steps=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(model, x, y, optimizer="sgd", lr=0.1, steps=1)
+    with pytest.raises(ValueError, match="full batch"):
+        train(model, x, y, lr=0.1, steps=1, batch_size=3)
+    with pytest.raises(ValueError, match="optimizer"):
+        train(model, x, y, optimizer="adam", lr=0.1, steps=1)
+    with pytest.raises(ValueError, match="loss must be"):
+        train(model, x, y, lr=0.1, steps=1, loss="l1")
+    with pytest.raises(ValueError, match="ntk_every"):
+        Diagnostics(ntk_every=0)
+    with pytest.raises(ValueError, match="stable_window"):
+        Diagnostics(stable_window=(5, 2))
+    bn = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)).double().train()
+    with pytest.raises(ValueError, match="BatchNorm"):
+        train(bn, x, y, lr=0.1, steps=1)
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    x, y = data()
+    train(wide_mlp(width=32), x, y, lr=0.1, steps=3, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="differs in lr"):
+        train(wide_mlp(width=32), x, y, lr=0.2, steps=3, out_dir=tmp_path)
+    fresh = train(wide_mlp(width=32), x, y, lr=0.2, steps=3, out_dir=tmp_path, resume=False)
+    assert fresh.config["lr"] == 0.2
+
+
+def test_cli_train_and_plot(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        "[data]\nn = 10\n[model]\nwidth = 64\n[train]\nsteps = 8\n"
+        "[diagnostics]\nevery = 2\nntk_every = 4\n"
+    )
+    out = tmp_path / "run"
+    assert cli_main(["train", str(config), "--out", str(out), "--quiet"]) == 0
+    assert RunResult.load(out).history[-1]["step"] == 8
+    assert cli_main(["plot", str(out)]) == 0
+    for name in ("suboptimality.png", "pl_ratio.png", "drift.png", "mu_cert.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nstepz = 3\n")
+    assert cli_main(["train", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert "unknown key(s) ['stepz']" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('[train]\nsteps = "many"\n')
+    assert cli_main(["train", str(wrong), "--out", str(tmp_path / "c")]) == 2
+    assert cli_main(["plot", str(tmp_path / "nothing")]) == 2
