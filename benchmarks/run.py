@@ -10,18 +10,28 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 import lplr_fast
 from lplr_fast.gram import gram_accumulate, gram_accumulate_reference
+
+from .models import ResNetCNN, export
+from .models import mlp as bench_mlp
 
 ROOT = Path(__file__).resolve().parent
 
@@ -243,14 +253,223 @@ def write(rows: list[dict], meta: dict, out_dir: Path) -> None:
         gflops = f"{r['gflops']:.1f}" if r.get("gflops") else ""
         share = f"{100 * r['gemm_share']:.0f}%" if r.get("gemm_share") else ""
         peak = f"{r['peak_mib']:.0f}" if r.get("peak_mib") else ""
+        if "median_s" in r:
+            timing = (
+                f"{r['median_s'] * 1e3:.2f} | {r['min_s'] * 1e3:.2f}–{r['max_s'] * 1e3:.2f} | "
+                f"{r['ratio_to_ours']:.2f}"
+            )
+        else:
+            timing = " |  | "
         lines.append(
-            f"| {r['case']} | {r['impl']} | {r['median_s'] * 1e3:.2f} | "
-            f"{r['min_s'] * 1e3:.2f}–{r['max_s'] * 1e3:.2f} | {r['ratio_to_ours']:.2f} | "
-            f"{gflops} | {share} | {peak} | {r.get('note', '')} |"
+            f"| {r['case']} | {r['impl']} | {timing} | {gflops} | {share} | {peak} | "
+            f"{r.get('note', '')} |"
         )
     name = f"RESULTS_{meta['device']}.md"  # RESULTS.md is the curated summary
     (out_dir / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+NT_PYTHON_DEFAULT = ROOT.parent / ".venv-nt" / "bin" / "python"
+NT_IMPLS = {1: "Jacobian contraction", 2: "NTK-vector products", 3: "structured derivatives"}
+
+
+def nt_python() -> Path | None:
+    """The neural-tangents environment's interpreter ($LPLR_NT_PYTHON or .venv-nt)."""
+    path = Path(os.environ.get("LPLR_NT_PYTHON", NT_PYTHON_DEFAULT))
+    return path if path.is_file() else None
+
+
+def subprocess_json(cmd: list[str], timeout: float) -> dict[str, Any]:
+    """Run a probe; its last stdout line is JSON. Failures come back as {"error": why}."""
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT.parent, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {done.returncode}: {tail[0][:160]}"}
+    return json.loads(lines[-1])
+
+
+def ours_probe(case: Path, trace: bool, repeat: int, save: Path | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.probe", str(case), "--repeat", str(repeat)]
+    cmd += ["--trace"] if trace else []
+    cmd += ["--save", str(save)] if save else []
+    return subprocess_json(cmd, timeout=1800)
+
+
+def nt_probe(
+    case: Path, impl: int, trace: bool, repeat: int, timeout: float, save: Path | None = None
+) -> dict[str, Any]:
+    python = nt_python()
+    if python is None:
+        return {"error": "neural-tangents env missing (bash benchmarks/setup_neural_tangents.sh)"}
+    cmd = [str(python), str(ROOT / "nt_baseline.py"), str(case), "--impl", str(impl)]
+    cmd += ["--repeat", str(repeat)] + (["--trace"] if trace else [])
+    cmd += ["--save", str(save)] if save else []
+    return subprocess_json(cmd, timeout=timeout)
+
+
+def framework_rows(
+    rows: list[dict], name: str, case: Path, trace: bool, impls: dict[int, str | None],
+    repeat: int, timeout: float, activations_mib: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Ours (probe) and neural-tangents (each implementation, or the reason it is skipped),
+    both in fresh processes; the structured NT kernel is checked against ours."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_k, nt_k = Path(tmp) / "ours.npy", Path(tmp) / "nt.npy"
+        ours = ours_probe(case, trace, repeat, save=ours_k)
+        if "error" in ours:
+            rows.append({"case": name, "impl": "lplr structured", "note": ours["error"]})
+            return ours
+        budget = ours["output_mib"] + activations_mib
+        rows.append(
+            {
+                "case": name,
+                "impl": "lplr structured (fresh process)",
+                **{k: ours[k] for k in ("median_s", "min_s", "max_s", "peak_mib")},
+                "ratio_to_ours": 1.0,
+                "note": f"peak/(output+activations) = {ours['peak_mib'] / budget:.2f}; "
+                f"first call {ours['first_s']:.2f} s",
+            }
+        )
+        for impl, skip in impls.items():
+            label = f"neural-tangents {NT_IMPLS[impl]}"
+            if skip:
+                rows.append({"case": name, "impl": label, "note": f"skipped: {skip}"})
+                continue
+            nt = nt_probe(case, impl, trace, repeat, timeout, save=nt_k if impl == 3 else None)
+            if "error" in nt:
+                rows.append({"case": name, "impl": label, "note": nt["error"]})
+                continue
+            note = (
+                f"compile+first call {nt['compile_s']:.2f} s, "
+                f"{nt.get('compile_peak_mib', 0):.0f} MiB"
+            )
+            if impl == 3 and nt_k.is_file():
+                a, b = np.load(ours_k), np.load(nt_k)
+                if trace:  # neural-tangents' trace_axes averages over outputs; ours sums
+                    a = a / float(ours["k"])
+                rel = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+                note += f"; max |K_ours − K_nt| / max|K| = {rel:.1e}"
+            rows.append(
+                {
+                    "case": name,
+                    "impl": label,
+                    **{k: nt[k] for k in ("median_s", "min_s", "max_s", "peak_mib")},
+                    "ratio_to_ours": nt["median_s"] / ours["median_s"],
+                    "note": note,
+                }
+            )
+    return ours
+
+
+def mlp_case(tmp: Path, widths: list[int], n: int, seed: int = 0) -> tuple[Path, float]:
+    """Exported MLP case and its forward activations in MiB (float32)."""
+    torch.manual_seed(seed)
+    path = tmp / f"mlp_{'_'.join(map(str, widths))}_{n}.npz"
+    export(bench_mlp(widths), torch.randn(n, widths[0]), "mlp", path)
+    return path, n * sum(widths) * 4 / 2**20
+
+
+def group_frameworks(device, rows, quick, gemm) -> None:
+    """The MLP case 784→2048³→10 (full, trace) and the ResNet-style CNN at n = 256, k = 10
+    against neural-tangents (CPU) and the torch.func Jacobian contraction. neural-tangents
+    runs the MLP only at small n on this machine (larger n: XLA segfaults or runs out of
+    memory); each size is compared with ours at the same n."""
+    if device.type != "cpu":
+        return  # neural-tangents is installed for the CPU only
+    widths = [784, 2048, 2048, 2048, 10]
+    params = sum(a * b + b for a, b in itertools.pairwise(widths))
+    sizes = [8, 32] if quick else [8, 32, 512]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for n in sizes:
+            case, act = mlp_case(tmp, widths, n)
+            jac_gib = n * widths[-1] * params * 4 / 2**30
+            for trace in (False, True):
+                name = f"MLP {'→'.join(map(str, widths))} n={n} {'trace' if trace else 'full'}"
+                big = n > 32
+                impls = {
+                    3: None,
+                    2: "n·k VJP+JVP pairs: > 15 min here by n² scaling from n=32" if big else None,
+                    1: f"Jacobians need n·k·P·4 B = {jac_gib:.0f} GiB" if big else None,
+                }
+                framework_rows(rows, name, case, trace, impls, 1, 600, act)
+            case.unlink()
+        torch.manual_seed(0)
+        n_cnn = 64 if quick else 256
+        cnn = ResNetCNN()
+        x = torch.randn(n_cnn, 3, 32, 32)
+        cnn_case = tmp / "cnn.npz"
+        export(cnn, x, "resnet", cnn_case)
+        act_cnn = n_cnn * (16 * 32 * 32 * 5 + 32 * 16 * 16 * 5) * 4 / 2**20
+        name = f"ResNet-style CNN 3×32×32 n={n_cnn} k=10 full"
+        ours = framework_rows(rows, name, cnn_case, False, {3: None, 1: None, 2: None},
+                              repeat=1, timeout=900, activations_mib=act_cnn)  # fmt: skip
+
+        def jacobian() -> None:
+            lplr_fast.empirical_ntk(cnn.eval(), x, implementation="jacobian", block_size=64)
+
+        jac = timeit(jacobian, device, repeat=1, warmup=0)
+        if "median_s" in ours:
+            rows.append(
+                {
+                    "case": name,
+                    "impl": "torch.func jacobian (vmap(jacrev)+einsum), in this process",
+                    **jac,
+                    "ratio_to_ours": jac["median_s"] / ours["median_s"],
+                }
+            )
+
+
+def fit_exponent(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log y against log x."""
+    lx, ly = [math.log(v) for v in xs], [math.log(v) for v in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum(
+        (a - mx) ** 2 for a in lx
+    )
+
+
+def group_sweep(device, rows, quick, gemm) -> None:
+    """Width sweep at n = 128 (full) and n sweep at width 512 (trace): time and peak memory
+    of ours in fresh processes, fitted exponents, and neural-tangents' structured
+    derivatives at the sizes it finishes in time."""
+    if device.type != "cpu":
+        return
+    widths_sweep = [256, 512, 1024] if quick else [256, 512, 1024, 2048, 4096, 8192]
+    ns_sweep = [128, 256, 512] if quick else [128, 256, 512, 1024, 2048, 4096]
+    fits: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for label, sizes, make, trace in (
+            ("width", widths_sweep, lambda w: mlp_case(tmp, [784, w, w, 10], 128), False),
+            ("n", ns_sweep, lambda n: mlp_case(tmp, [784, 512, 512, 10], n), True),
+        ):
+            times, peaks = [], []
+            for size in sizes:
+                case, act = make(size)
+                name = (
+                    f"sweep width={size} (MLP 784→{size}→{size}→10, n=128, full)"
+                    if label == "width"
+                    else f"sweep n={size} (MLP 784→512→512→10, trace)"
+                )
+                nt_skip = None if size <= (2048 if label == "width" else 1024) else "sweep cap"
+                ours = framework_rows(rows, name, case, trace, {3: nt_skip}, repeat=1,
+                                      timeout=600, activations_mib=act)  # fmt: skip
+                if "median_s" in ours:
+                    times.append((size, ours["median_s"]))
+                    peaks.append((size, max(ours["peak_mib"], 1e-3)))
+                case.unlink()
+            if len(times) >= 3:
+                fits[f"time ∝ {label}^a"] = fit_exponent(*zip(*times, strict=True))
+                fits[f"peak memory ∝ {label}^b"] = fit_exponent(*zip(*peaks, strict=True))
+    rows.append({"case": "fitted scaling exponents", "impl": "lplr structured", "fits": fits,
+                 "note": "; ".join(f"{k}: {v:.2f}" for k, v in fits.items())})  # fmt: skip
 
 
 def group_gram(device, rows, quick, gemm) -> None:
@@ -279,6 +498,8 @@ GROUPS: dict[str, Callable[..., None]] = {
     "gram": group_gram,
     "mlp": group_mlp,
     "eig": group_eig,
+    "frameworks": group_frameworks,
+    "sweep": group_sweep,
 }
 
 

@@ -128,14 +128,16 @@ def forward_with_cotangents(
     uses = capture.uses
     capture.uses = []
     tensors = [u.output for u in uses]
-    grads: list[list[torch.Tensor]] = [[] for _ in uses]
+    # (n, k, ...) per use, filled output by output (no list of k copies to stack)
+    grads = [t.new_zeros((t.shape[0], k, *t.shape[1:])) for t in tensors]
     for c in range(k):
         parts = torch.autograd.grad(
             flat[:, c].sum(), tensors, retain_graph=c + 1 < k, allow_unused=True
         )
-        for slot, part, t in zip(grads, parts, tensors, strict=True):
-            slot.append(torch.zeros_like(t) if part is None else part)
-    for use, slot in zip(uses, grads, strict=True):
-        use.grad = torch.stack(slot, dim=1)
+        for dest, part in zip(grads, parts, strict=True):
+            if part is not None:
+                dest[:, c] = part
+    for use, grad in zip(uses, grads, strict=True):
+        use.grad = grad
         use.output = None
     return flat.detach(), uses

@@ -33,6 +33,7 @@ from .validation import (
 )
 
 Implementation = Literal["structured", "jacobian", "ntk_vp"]
+TOTAL = "<total>"  # key of the single accumulator when per-module parts are not wanted
 IMPLEMENTATIONS = ("structured", "jacobian", "ntk_vp")
 Tile = tuple[slice, slice]
 
@@ -208,12 +209,28 @@ def _structured_tiles(
             k = rows.k
             assert k is not None
             shape = gram_out_shape(r.stop - r.start, c.stop - c.start, k, compute)
-            parts = {name: torch.zeros(shape, dtype=out_dtype, device=x1.device) for name in names}
+            if want_parts:
+                parts = {n: torch.zeros(shape, dtype=out_dtype, device=x1.device) for n in names}
+                targets = parts
+            else:  # one accumulator shared by all modules: no per-module tiles in memory
+                parts = {TOTAL: torch.zeros(shape, dtype=out_dtype, device=x1.device)}
+                targets = dict.fromkeys(names, parts[TOTAL])
             symmetric = x2 is None and bi == bj
-            _pair_blocks(parts, f1, None if symmetric else cols.get(bj), compute)
+            _pair_blocks(targets, f1, None if symmetric else cols.get(bj), compute)
             if symmetric:  # exact symmetry on the diagonal tiles (routes without mirroring)
                 parts = {n: 0.5 * (p + transpose_tile(p, compute)) for n, p in parts.items()}
             yield (r, c), parts
+
+
+def _tile_total(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum of a tile's parts (the tile itself when parts were not kept)."""
+    values = list(parts.values())
+    if TOTAL in parts:
+        return parts[TOTAL]
+    total = values[0].clone()
+    for value in values[1:]:
+        total += value
+    return total
 
 
 def ntk_blocks(
@@ -248,11 +265,12 @@ def ntk_blocks(
             "use empirical_ntk(..., batchnorm='batch') on the whole batch"
         )
     out_dtype = next(iter(trainable_parameters(model).values())).dtype
+    want_parts = return_layers or (bounds is not None and bounds.per_layer)
     with batchnorms_in_eval(model, batchnorm == "eval"):
         for tile, parts in _structured_tiles(
-            model, x1, x2, compute, block_size, conv_route, return_layers, out_dtype
+            model, x1, x2, compute, block_size, conv_route, want_parts, out_dtype
         ):
-            total = sum(parts.values())
+            total = _tile_total(parts)
             _feed(bounds, tile, total, parts)
             yield tile, ((total, parts) if return_layers else total)
 
@@ -323,11 +341,12 @@ def empirical_ntk(
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
     result: Any = out
     layer_parts: dict[str, torch.Tensor] = {}
+    want_parts = return_layers or (bounds is not None and bounds.per_layer)
     with batchnorms_in_eval(model, batchnorm == "eval"):
         for (r, c), parts in _structured_tiles(
-            model, x1, x2, compute, block_size, conv_route, return_layers, out_dtype
+            model, x1, x2, compute, block_size, conv_route, want_parts, out_dtype
         ):
-            tile = sum(parts.values())
+            tile = _tile_total(parts)
             _feed(bounds, (r, c), tile, parts)
             if not layer_parts and r.start == 0 and c.start == 0:
                 k = 1 if compute == "trace" else tile.shape[2]
