@@ -127,6 +127,11 @@ def test_streaming_from_the_engine_and_layer_additivity(rng):
         stream.layer_additivity_lower()
         <= sum(float(torch.linalg.eigvalsh(as_matrix(p))[0]) for p in parts.values()) + 1e-9
     )
+    kernel_again, auto = empirical_ntk(model, x, bounds=True)
+    torch.testing.assert_close(kernel_again, kernel, rtol=1e-12, atol=1e-12)
+    assert auto.trace == pytest.approx(stream.trace, rel=1e-12)
+    _, parts_again, auto_layers = empirical_ntk(model, x, bounds=True, return_layers=True)
+    assert auto_layers.layers == ["0", "2", "4"] and set(parts_again) == {"0", "2", "4"}
     blocks = StreamingBounds(23)
     for _ in ntk_blocks(model, x, block_size=4, bounds=blocks):
         pass

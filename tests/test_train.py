@@ -229,7 +229,7 @@ def test_resume_refuses_a_different_run(tmp_path):
     assert fresh.config["lr"] == 0.2
 
 
-def test_cli_train_and_plot(tmp_path, capsys):
+def test_cli_train_and_plot(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text(
         "[data]\nn = 10\n[model]\nwidth = 64\n[train]\nsteps = 8\n"
@@ -238,9 +238,13 @@ def test_cli_train_and_plot(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli_main(["train", str(config), "--out", str(out), "--quiet"]) == 0
     assert RunResult.load(out).history[-1]["step"] == 8
+    pytest.importorskip("matplotlib")
     assert cli_main(["plot", str(out)]) == 0
     for name in ("suboptimality.png", "pl_ratio.png", "drift.png", "mu_cert.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_config_errors(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nstepz = 3\n")
     assert cli_main(["train", str(bad), "--out", str(tmp_path / "b")]) == 2
@@ -248,4 +252,10 @@ def test_cli_train_and_plot(tmp_path, capsys):
     wrong = tmp_path / "wrong.toml"
     wrong.write_text('[train]\nsteps = "many"\n')
     assert cli_main(["train", str(wrong), "--out", str(tmp_path / "c")]) == 2
+    assert "wrong type" in capsys.readouterr().err
+    section = tmp_path / "section.toml"
+    section.write_text("[optimizer]\nlr = 1\n")
+    assert cli_main(["train", str(section), "--out", str(tmp_path / "d")]) == 2
+    assert "unknown section" in capsys.readouterr().err
+    assert cli_main(["train", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
     assert cli_main(["plot", str(tmp_path / "nothing")]) == 2

@@ -288,8 +288,8 @@ def empirical_ntk(
     batchnorm: Literal["error", "eval", "batch"] = "error",
     out: torch.Tensor | np.ndarray | None = None,
     conv_route: ConvRoute = "auto",
-    bounds: StreamingBounds | None = None,
-) -> torch.Tensor | np.ndarray | tuple[Any, dict[str, torch.Tensor]]:
+    bounds: bool | StreamingBounds | None = None,
+) -> Any:
     """Empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of ``model``'s outputs w.r.t. its trainable
     parameters.
 
@@ -314,12 +314,25 @@ def empirical_ntk(
         bounds: a :class:`StreamingBounds` (n = len(x1)) fed every tile while the kernel is
             computed (x2=None, compute "full" or "trace"): trace, Frobenius norm, diagonal
             and Gershgorin bounds (and per-layer parts with ``per_layer=True``) without a
-            second pass over the kernel.
+            second pass over the kernel. ``bounds=True`` makes one (per-layer when
+            ``return_layers``) and returns it last.
 
     Returns:
-        The kernel (``out`` when given), or ``(kernel, parts)`` with ``return_layers``.
+        The kernel (``out`` when given), then ``parts`` with ``return_layers`` and the
+        :class:`StreamingBounds` with ``bounds=True``: ``kernel``, ``(kernel, parts)``,
+        ``(kernel, stream)`` or ``(kernel, parts, stream)``.
     """
     model, x1, x2 = _prepare(model, x1, x2, compute, implementation, dtype, batchnorm)
+    if bounds is True:
+        stream = StreamingBounds(x1.shape[0], per_layer=return_layers)
+        _check_stream(stream, x1, x2, compute)
+        result = empirical_ntk(
+            model, x1, x2, compute=compute, implementation=implementation,
+            block_size=block_size, return_layers=return_layers, batchnorm=batchnorm, out=out,
+            conv_route=conv_route, bounds=stream,
+        )  # fmt: skip
+        return (*result, stream) if return_layers else (result, stream)
+    bounds = bounds or None
     _check_stream(bounds, x1, x2, compute)
     out_dtype = next(iter(trainable_parameters(model).values())).dtype
     coupled = batchnorm == "batch" and bool(train_mode_batchnorms(model))
