@@ -516,6 +516,9 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(GROUPS),
         help=f"comma-separated case groups out of {','.join(GROUPS)} (default: all)",
     )
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other groups' rows of OUT/results.json"
+    )
     args = parser.parse_args(argv)
     groups = [g for g in args.only.split(",") if g]
     unknown = set(groups) - set(GROUPS)
@@ -525,7 +528,14 @@ def main(argv: list[str] | None = None) -> None:
     gemm = gemm_rate(device, torch.float32, 2048 if device.type == "cpu" else 8192)
     rows: list[dict] = []
     for group in groups:
+        start = len(rows)
         GROUPS[group](device, rows, args.quick, gemm)
+        for row in rows[start:]:
+            row["group"] = group
+    previous = args.out / "results.json"
+    if args.merge and previous.is_file():  # keep the rows of the groups not rerun
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r.get("group") not in groups]
+        rows = sorted(kept + rows, key=lambda r: list(GROUPS).index(r.get("group", "gram")))
     meta = {
         "date": str(date.today()),
         "torch": torch.__version__,
