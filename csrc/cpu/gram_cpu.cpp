@@ -72,7 +72,10 @@ void gram_accumulate_cpu(at::Tensor& out, const at::Tensor& a1_in, const at::Ten
   const at::Tensor a2 = symmetric ? a1 : a2_in.contiguous();
   const at::Tensor g2 = symmetric ? g1 : g2_in.contiguous();
   const int64_t k = s.k;
-  const int64_t per_row = std::max<int64_t>(1, s.n2 * k * k);
+  // Entries of the Gram intermediates per row of the chunk: (k·n2)·k for full, n2 for trace,
+  // k·n2 for diagonal (plus n2 for the activation Gram).
+  const int64_t kk = s.mode == GramMode::Full ? k * k : (s.mode == GramMode::Trace ? 1 : k);
+  const int64_t per_row = std::max<int64_t>(1, s.n2 * (kk + 1));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(s.n1, kChunkElems / per_row));
 
   const at::Tensor g2_flat_rows = g2.reshape({s.n2 * k, s.p});  // (n2 k, p)
