@@ -34,19 +34,29 @@ int thread_id() {
 #endif
 }
 
+// out[e] = Σ over threads of part[thread · len + e]: folds thread-private partial sums.
+template <typename Out>
+void sum_thread_parts(const std::vector<double>& part, int nt, int64_t len, Out* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t e = 0; e < len; ++e) {
+    double s = 0.0;
+    for (int k = 0; k < nt; ++k) s += part[static_cast<size_t>(k) * len + e];
+    out[e] = static_cast<Out>(s);
+  }
+}
+
 template <typename T>
 void tile_stats_impl(const T* t, int64_t r, int64_t c, int64_t row0, int64_t col0, double* sc,
                      double* row_abs, double* col_abs) {
   const int nt = thread_count();
   std::vector<double> col_part(static_cast<size_t>(nt) * c, 0.0);
-  std::vector<double> nonfinite(nt, 0.0), sumsq(nt, 0.0), maxabs(nt, 0.0), diag(nt, 0.0);
-#pragma omp parallel for schedule(static)
+  double bad = 0.0, sumsq = 0.0, maxabs = 0.0, diag = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : bad, sumsq, diag) reduction(max : maxabs)
   for (int64_t i = 0; i < r; ++i) {
-    const int tid = thread_id();
-    double* cp = col_part.data() + static_cast<size_t>(tid) * c;
+    double* cp = col_part.data() + static_cast<size_t>(thread_id()) * c;
     const T* row = t + i * c;
     const int64_t diag_j = row0 + i - col0;  // local column on A's diagonal, if in range
-    double rs = 0.0, sq = 0.0, mx = maxabs[tid], bad = 0.0;
+    double rs = 0.0;
     for (int64_t j = 0; j < c; ++j) {
       const double x = static_cast<double>(row[j]);
       if (!std::isfinite(x)) {
@@ -54,31 +64,22 @@ void tile_stats_impl(const T* t, int64_t r, int64_t c, int64_t row0, int64_t col
         continue;
       }
       const double ax = std::fabs(x);
-      sq += x * x;
-      mx = std::max(mx, ax);
-      if (j == diag_j) continue;
+      sumsq += x * x;
+      maxabs = std::max(maxabs, ax);
+      if (j == diag_j) {
+        diag += x;
+        continue;
+      }
       rs += ax;
       cp[j] += ax;
     }
-    if (diag_j >= 0 && diag_j < c && std::isfinite(static_cast<double>(row[diag_j])))
-      diag[tid] += static_cast<double>(row[diag_j]);
     row_abs[i] = rs;
-    nonfinite[tid] += bad;
-    sumsq[tid] += sq;
-    maxabs[tid] = mx;
   }
-  for (int64_t j = 0; j < c; ++j) {
-    double s = 0.0;
-    for (int k = 0; k < nt; ++k) s += col_part[static_cast<size_t>(k) * c + j];
-    col_abs[j] = s;
-  }
-  sc[0] = sc[1] = sc[2] = sc[3] = 0.0;
-  for (int k = 0; k < nt; ++k) {
-    sc[0] += nonfinite[k];
-    sc[1] += sumsq[k];
-    sc[2] = std::max(sc[2], maxabs[k]);
-    sc[3] += diag[k];
-  }
+  sum_thread_parts(col_part, nt, c, col_abs);
+  sc[0] = bad;
+  sc[1] = sumsq;
+  sc[2] = maxabs;
+  sc[3] = diag;
 }
 
 // Row block I against every column block J: row sums, squares and maxima from A[I, J];
@@ -167,12 +168,7 @@ void symv_upper_impl(const T* a, int64_t n, const T* v, int64_t m, T* y) {
       if (two) aq[(i + 1) * m] += s1;
     }
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t e = 0; e < n * m; ++e) {
-    double s = 0.0;
-    for (int k = 0; k < nt; ++k) s += part[static_cast<size_t>(k) * n * m + e];
-    y[e] = static_cast<T>(s);
-  }
+  sum_thread_parts(part, nt, n * m, y);
 }
 
 template <typename T>
