@@ -224,9 +224,9 @@ def _structured_tiles(
 
 def _tile_total(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     """The sum of a tile's parts (the tile itself when parts were not kept)."""
-    values = list(parts.values())
     if TOTAL in parts:
         return parts[TOTAL]
+    values = list(parts.values())
     total = values[0].clone()
     for value in values[1:]:
         total += value

@@ -122,6 +122,11 @@ def _gershgorin(a: torch.Tensor, stats: SquareStats) -> tuple[float, float]:
     return float((diag - stats.row_abs).min()), float((diag + stats.row_abs).max())
 
 
+def _rounding_scale(n: int, stats: SquareStats) -> float:
+    """γ_{n+1} · max(|tr A|, max |a_ij|): the size of one Cholesky certificate's margin."""
+    return gamma(n + 1) * max(abs(stats.trace), stats.max_abs, 1e-300)
+
+
 def bracket_min(
     a: torch.Tensor,
     estimate: float,
@@ -143,7 +148,7 @@ def bracket_min(
     two certificates (Cholesky δ + Rayleigh-quotient error), solves the number of
     triangular-solve pairs used."""
     n = a.shape[0]
-    base_margin = gamma(n + 1) * max(abs(stats.trace), stats.max_abs, 1e-300) + asym / 2
+    base_margin = _rounding_scale(n, stats) + asym / 2
     g_lo, g_hi = _gershgorin(a, stats)
     floor_raw = -g_hi if negate else g_lo
     floor = floor_raw - 4 * base_margin - abs(floor_raw) * 1e-12
@@ -202,7 +207,7 @@ def _first_min_test(a: torch.Tensor, stats: SquareStats, asym: float) -> ShiftTe
     """A Cholesky test at s₀ a few rounding margins below 0: succeeds for any PSD matrix (an
     NTK), proving λ_min > s₀ − δ and providing the factor for shift-and-invert Lanczos."""
     n = a.shape[0]
-    s0 = -16 * gamma(n + 1) * max(abs(stats.trace), stats.max_abs, 1e-300) - asym
+    s0 = -16 * _rounding_scale(n, stats) - asym
     test = cholesky_shift_test(a, s0, asym / 2)
     return test if test.success else None
 

@@ -239,7 +239,7 @@ def train(
                 **state,
             },
         )
-        _result(state["history"], config, diag, lr, l_star, status, out).write(out)
+        _result(state["history"], config, diag, status, out).write(out)
 
     history: list[dict[str, Any]] = state["history"]
     status = "completed"
@@ -288,36 +288,32 @@ def train(
                     break
             opt.step()
             updated = True
+        next_step = step  # resuming recomputes this last row (identically) before going on
     except KeyboardInterrupt:
         if not updated:  # the step had not changed the parameters yet: redo it on resume
             while history and history[-1]["step"] >= step:
                 history.pop()
-            resume_at = step
+            next_step = step
         else:
-            resume_at = step + 1
-        status = f"interrupted at step {resume_at}"
-        checkpoint(resume_at)
-        bar.close()
-        return _result(history, config, diag, lr, l_star, status, out)
+            next_step = step + 1
+        status = f"interrupted at step {next_step}"
     bar.close()
-    checkpoint(step)  # resuming recomputes this last row (identically) before going on
-    return _result(history, config, diag, lr, l_star, status, out)
+    checkpoint(next_step)
+    return _result(history, config, diag, status, out)
 
 
 def _result(
     history: list[dict[str, Any]],
     config: dict[str, Any],
     diag: Diagnostics,
-    lr: float,
-    l_star: float,
     status: str,
     out: Path | None,
 ) -> RunResult:
     if history:
         summary = summarise(
             history,
-            lr=lr,
-            l_star=l_star,
+            lr=config["lr"],
+            l_star=config["l_star"],
             eps=config["eps"],
             window=diag.stable_window,
             status=status,
