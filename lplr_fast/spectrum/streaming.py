@@ -29,7 +29,7 @@ from .certify import UNIT_ROUNDOFF
 from .native import tile_stats
 
 
-def _as_2d(tile: torch.Tensor, rows: slice, cols: slice) -> tuple[torch.Tensor, int]:
+def _as_2d(tile: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(2-D tile, outputs per sample k) from a 2-D or (r, c, k, k) tile."""
     if tile.dim() == 4:
         r, c, k, k2 = tile.shape
@@ -108,7 +108,7 @@ class StreamingBounds:
             raise ValueError("rows and cols must be slices with explicit start and stop")
         if not (0 <= rows.start < rows.stop <= self.n and 0 <= cols.start < cols.stop <= self.n):
             raise ValueError(f"tile ({rows}, {cols}) lies outside a {self.n}-sample kernel")
-        t2, k = _as_2d(tile.detach(), rows, cols)
+        t2, k = _as_2d(tile.detach())
         if t2.shape != ((rows.stop - rows.start) * k, (cols.stop - cols.start) * k):
             raise ValueError(f"tile shape {tuple(tile.shape)} does not match ({rows}, {cols})")
         mirrored = self.upper and rows != cols
