@@ -81,7 +81,10 @@ def extensions() -> list:
 
     cpu_sources = [
         "csrc/bindings.cpp",
+        "csrc/ops.cpp",
         "csrc/gram_checks.cpp",
+        "csrc/gram_gemm.cpp",
+        "csrc/spectral_generic.cpp",
         "csrc/cpu/gram_cpu.cpp",
         "csrc/cpu/spectral_cpu.cpp",
     ]
@@ -100,7 +103,12 @@ def extensions() -> list:
     return [
         cpp_extension.CUDAExtension(
             "lplr_fast._C",
-            [*cpu_sources, "csrc/cuda/gram_cuda.cpp", "csrc/cuda/gram_kernels.cu"],
+            [
+                *cpu_sources,
+                "csrc/cuda/gram_cuda.cpp",
+                "csrc/cuda/ops_cuda.cpp",
+                "csrc/cuda/gram_kernels.cu",
+            ],
             define_macros=[("LPLR_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,
