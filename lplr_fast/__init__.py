@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from . import ntk
 from ._backend import backend_info
 from .gram import gram_accumulate, gram_accumulate_reference
 from .ntk import NTKOperator, empirical_ntk, ntk_blocks
 from .spectrum import NormBounds, SpectrumBounds, StreamingBounds, eig_bounds, ntk_distance
 from .training import Diagnostics, RunResult, train
+
+ntk.engine.set_bounds_factory(StreamingBounds)  # what empirical_ntk(..., bounds=True) builds
 
 __version__ = "0.1.0"
 
