@@ -154,7 +154,18 @@ def _choose_block_size(job: _Job, n_parts: int) -> int:
     esize = torch.finfo(job.out_dtype).bits // 8
     by_features = budget // (4 * per_sample)
     by_tile = int(math.sqrt(budget / (4 * kk * esize * (n_parts + 1))))
-    return int(max(1, min(job.x1.shape[0], by_features, by_tile, 4096)))
+    largest = int(max(1, min(job.x1.shape[0], by_features, by_tile, 4096)))
+    return balanced_block(job.x1.shape[0], largest)
+
+
+def balanced_block(n: int, largest: int) -> int:
+    """Block size for n samples with blocks of at most ``largest``: the fewest blocks, of
+    near-equal sizes (no ragged sliver of a tile), rounded up to a multiple of 32 when that
+    still respects ``largest``."""
+    count = -(-n // largest)
+    block = -(-n // count)
+    rounded = -(-block // 32) * 32
+    return rounded if rounded <= largest else block
 
 
 @dataclass
