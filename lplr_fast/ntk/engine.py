@@ -22,7 +22,14 @@ from torch import nn
 from ..gram import COMPUTE_MODES, gram_out_shape
 from . import reference
 from .capture import Capture, forward_with_cotangents, parametrised_modules, total_memory_bytes
-from .rules import ConvRoute, Features, accumulate_pair, default_chunk, feature_bytes_per_sample
+from .rules import (
+    ConvRoute,
+    Features,
+    SpatialFeatures,
+    accumulate_pair,
+    default_chunk,
+    feature_bytes_per_sample,
+)
 from .rules import module_features as _module_features
 from .stream import DenseAssembly, Tile, check_consumer, feed, transpose_tile, wants_parts
 from .validation import (
@@ -259,9 +266,20 @@ def _tiles(
                 targets = dict.fromkeys(names, parts[TOTAL])
             diagonal = job.symmetric and bi == bj
             _pair_blocks(targets, f1, None if diagonal else cols.get(bj), job.compute)
-            if diagonal:  # exact symmetry on the diagonal tiles (routes without mirroring)
+            if diagonal and _needs_symmetrising(f1):
                 parts = {n: 0.5 * (p + transpose_tile(p, job.compute)) for n, p in parts.items()}
             yield r, c, _tile_total(parts), ({} if TOTAL in parts else parts)
+
+
+def _needs_symmetrising(features: dict[str, list[Features]]) -> bool:
+    """Whether a diagonal tile may come out not exactly symmetric: the Gram kernel mirrors
+    its upper triangle, but the ghost spatial contraction and the cross pairs of a module
+    used several times compute both triangles with different roundings."""
+    return any(
+        len(uses) > 1 or isinstance(f, SpatialFeatures)
+        for uses in features.values()
+        for f in uses
+    )
 
 
 def _tile_total(parts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -427,6 +445,7 @@ def empirical_ntk(
     )  # fmt: skip
     for r, c, total, parts in _blocks(job, block_size, [*consumers, dense], return_layers):
         del r, c, total, parts  # the consumers did the work
+    dense.finish()
     return (dense.result, dense.parts) if return_layers else dense.result
 
 
