@@ -90,6 +90,10 @@ def extensions() -> list:
     ]
     cxx_flags = ["-O3", "-fopenmp", f'-DLPLR_SOURCE_HASH="{source_hash()}"']
     link_flags = ["-fopenmp"]
+    if os.environ.get("LPLR_ISOLATE_CXX_RUNTIME", "0") == "1":
+        # A private, hidden copy of libstdc++ in the module: for images where the system C++
+        # runtime and the one torch was built against clash (see csrc/message.h).
+        link_flags += ["-static-libstdc++", "-Wl,--exclude-libs,ALL"]
     if not with_cuda:
         return [
             cpp_extension.CppExtension(

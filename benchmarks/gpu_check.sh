@@ -25,30 +25,27 @@ fi
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 $PY -c "import lplr_fast, json; print(json.dumps(lplr_fast.backend_info(), default=str))" | tee -a "$OUT/env.txt"
 
-stage "errors thrown inside the extension reach Python (fresh process; a crash is reported)"
-$PY - <<'EOF' 2>&1 | tee -a "$OUT/env.txt"
-import subprocess, sys
-probe = r'''
-import torch, lplr_fast
-cases = {
-    "cuda square_stats on a 2x3 matrix": lambda: torch.ops.lplr.square_stats(torch.ones(2, 3, device="cuda")),
-    "cuda gram with a half tensor": lambda: lplr_fast.gram_accumulate(
-        torch.zeros(2, 2, 1, 1, device="cuda"), torch.ones(2, 3, device="cuda").half(), torch.ones(2, 1, 3, device="cuda")),
-    "cpu symv with mismatched v": lambda: torch.ops.lplr.symv_upper(torch.ones(3, 3), torch.ones(4)),
-}
-for name, fn in cases.items():
-    try:
-        fn()
-        print("NO ERROR:", name)
-    except (ValueError, TypeError) as err:
-        print(f"ok ({type(err).__name__}): {name}: {str(err).splitlines()[0][:120]}")
-'''
-done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-print(done.stdout.strip() or "(no output)")
-print("exit code", done.returncode, "(negative = killed by a signal: the extension crashed)")
-if done.returncode != 0:
-    print(done.stderr[-2000:])
+stage "errors raised inside the extension reach Python (fresh process; a crash is reported)"
+if ! $PY -m benchmarks.error_probe 2>&1 | tee -a "$OUT/env.txt"; then
+  echo "rebuilding with LPLR_ISOLATE_CXX_RUNTIME=1 (private libstdc++ in the module)"
+  LPLR_ISOLATE_CXX_RUNTIME=1 timeout 300 $PY -m pip install --no-build-isolation --no-deps -e . \
+    > "$OUT/build_isolated.log" 2>&1 || echo "ISOLATED BUILD FAILED"
+  $PY -m benchmarks.error_probe 2>&1 | tee -a "$OUT/env.txt" || echo "STILL CRASHING"
+fi
+if [ "${RUNTIME_PROBE:-0}" = 1 ]; then
+  stage "C++ runtime probe (tiny op library, link variants)"
+  timeout 200 $PY -m benchmarks.cxx_runtime_probe --out "$OUT" > "$OUT/runtime_probe.log" 2>&1
+  $PY - "$OUT/cxx_runtime_probe.json" <<'EOF' 2>&1 | cut -c1-600
+import json, sys
+report = json.load(open(sys.argv[1]))
+for key, value in report.items():
+    if key != "facts":
+        print(key, value)
+for key, value in report["facts"].items():
+    if key != "config":
+        print(key, value)
 EOF
+fi
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   stage "tests"

@@ -23,7 +23,8 @@ enum class GramMode : int64_t { Full = 0, Trace = 1, Diagonal = 2 };
 //   Auto:  the CPU kernel on CPU; on CUDA the GEMM route except where the fused kernel wins.
 //   Gemm:  BLAS/cuBLAS GEMMs for the two Grams per block pair, then one elementwise
 //          Hadamard-accumulate pass (ATen); symmetric inputs compute the upper block
-//          triangle only. Runs on any device (on CPU it exists for tests).
+//          triangle only (diagonal blocks in full, so the result is symmetric up to
+//          rounding, not bitwise). Runs on any device (on CPU it exists for tests).
 //   Fused: the fused kernel of the device (CPU: GEMM + OpenMP epilogue per row chunk;
 //          CUDA: one tiled kernel forming both Grams in registers).
 enum class GramRoute : int64_t { Auto = 0, Gemm = 1, Fused = 2 };
@@ -58,7 +59,8 @@ GramCall check_gram_call(const at::Tensor& out, const at::Tensor& a1, const at::
                          double beta, int64_t mode, bool check_finite, int64_t route);
 
 // out += (a1 a2^T + beta) (.) (g1 g2^T) in the layout of `mode`. When `symmetric`, a2/g2 are
-// a1/g1 and only the upper triangle of sample pairs is computed, then mirrored.
+// a1/g1 and only the upper triangle of sample pairs is computed, then mirrored (bitwise
+// symmetric result).
 void gram_accumulate_cpu(at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
                          const at::Tensor& a2, const at::Tensor& g2, double beta,
                          const GramShape& shape, bool symmetric);

@@ -5,8 +5,9 @@
 // activation Gram A = a1[I] a2[J]^T, one GEMM (a batched one for mode Diagonal) the
 // cotangent Gram G, and one elementwise pass adds (A + beta) (.) G into out[I, J] in out's
 // layout. Symmetric inputs visit J >= I only: off-diagonal pairs also add the transpose into
-// out[J, I]; diagonal pairs keep the upper triangle of the (samples x outputs) matrix and
-// mirror it, so the result is exactly symmetric.
+// out[J, I]; a diagonal pair takes both of its triangles from its GEMM, so the result is
+// symmetric up to rounding, not bitwise (the NTK engine symmetrises whole tiles once, after
+// every layer has been added, instead of once per layer here).
 #include "gram.h"
 
 #include <ATen/ATen.h>
@@ -79,28 +80,6 @@ std::pair<at::Tensor, at::Tensor> gram_views(const at::Tensor& g, int64_t bi, in
   }
 }
 
-// Upper triangle of the symmetric block's contribution, mirrored: exact symmetry whatever
-// the GEMM's rounding. `g` is the cotangent Gram of the block with itself, `w` = A + beta.
-at::Tensor symmetric_block(const at::Tensor& w, const at::Tensor& g, int64_t b,
-                           const GramShape& s) {
-  switch (s.mode) {
-    case GramMode::Full: {
-      const at::Tensor m = (g.view({b, s.k, b, s.k}) * w.view({b, 1, b, 1})).view({b * s.k, b * s.k});
-      const at::Tensor sym = m.triu() + m.triu(1).t();
-      return sym.view({b, s.k, b, s.k}).permute({0, 2, 1, 3});
-    }
-    case GramMode::Trace: {
-      const at::Tensor m = g * w;
-      return m.triu() + m.triu(1).t();
-    }
-    case GramMode::Diagonal:
-    default: {
-      const at::Tensor m = g * w.unsqueeze(0);  // (k, b, b)
-      return (m.triu() + m.triu(1).transpose(1, 2)).permute({1, 2, 0});
-    }
-  }
-}
-
 at::Tensor block_of(const at::Tensor& out, int64_t i0, int64_t bi, int64_t j0, int64_t bj) {
   return out.narrow(0, i0, bi).narrow(1, j0, bj);
 }
@@ -121,14 +100,10 @@ void gram_accumulate_gemm(at::Tensor& out, const at::Tensor& a1_in, const at::Te
       const int64_t bj = std::min(nb, s.n2 - j0);
       const at::Tensor w = at::mm(a1.narrow(0, i0, bi), a2.narrow(0, j0, bj).t()).add_(beta);
       const at::Tensor g = cotangent_gram(g1.narrow(0, i0, bi), g2.narrow(0, j0, bj), s);
-      if (symmetric && i0 == j0) {
-        block_of(out, i0, bi, j0, bj).add_(symmetric_block(w, g, bi, s));
-        continue;
-      }
       const auto [w_ij, w_ji] = weight_views(w, s);
       const auto [g_ij, g_ji] = gram_views(g, bi, bj, s);
       block_of(out, i0, bi, j0, bj).addcmul_(w_ij, g_ij);
-      if (symmetric) block_of(out, j0, bj, i0, bi).addcmul_(w_ji, g_ji);
+      if (symmetric && i0 != j0) block_of(out, j0, bj, i0, bi).addcmul_(w_ji, g_ji);
     }
   }
 }

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "gram.h"
+#include "message.h"
 #include "spectral.h"
 
 namespace lplr {
@@ -17,7 +18,7 @@ void gram_accumulate_cpu_op(at::Tensor& out, const at::Tensor& a1, const at::Ten
                             const std::optional<at::Tensor>& g2, double beta, int64_t mode,
                             bool check_finite, int64_t route) {
   const GramCall call = check_gram_call(out, a1, g1, a2, g2, beta, mode, check_finite, route);
-  TORCH_CHECK_VALUE(out.device().is_cpu(), "out is on ", out.device(),
+  LPLR_CHECK_VALUE(out.device().is_cpu(), "out is on ", out.device(),
                     " but the CPU kernel was dispatched; all arguments must be on one device");
   if (call.route == GramRoute::Gemm) {
     gram_accumulate_gemm(out, a1, g1, call.a2, call.g2, beta, call.shape, call.symmetric);
@@ -28,7 +29,7 @@ void gram_accumulate_cpu_op(at::Tensor& out, const at::Tensor& a1, const at::Ten
 
 #ifndef LPLR_WITH_CUDA
 [[noreturn]] void no_cuda() {
-  TORCH_CHECK_VALUE(false,
+  LPLR_CHECK_VALUE(false,
                     "lplr_fast._C was built without CUDA, so CUDA tensors cannot be processed; "
                     "rebuild on a machine with a CUDA-enabled torch and nvcc (README, GPU "
                     "machines) or move the tensors to the CPU");

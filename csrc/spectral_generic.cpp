@@ -1,5 +1,6 @@
 // Argument checks of the spectral reductions and their device-generic face (ATen
 // expressions with the CPU kernels' semantics; the CUDA implementation of the ops).
+#include "message.h"
 #include "spectral.h"
 
 #include <ATen/ATen.h>
@@ -9,7 +10,7 @@ namespace lplr {
 namespace {
 
 void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+  LPLR_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
                    " must be float32 or float64, got ", t.scalar_type(),
                    " (upcast with .double() first)");
 }
@@ -27,36 +28,36 @@ at::Tensor diagonal_mask(int64_t r, int64_t c, int64_t row0, int64_t col0, const
 }  // namespace
 
 void check_tile_args(const at::Tensor& tile, int64_t row0, int64_t col0) {
-  TORCH_CHECK_VALUE(tile.dim() == 2, "tile must be 2-D (rows, cols), got shape ", tile.sizes());
+  LPLR_CHECK_VALUE(tile.dim() == 2, "tile must be 2-D (rows, cols), got shape ", tile.sizes());
   check_float(tile, "tile");
-  TORCH_CHECK_VALUE(row0 >= 0 && col0 >= 0, "row0 and col0 must be >= 0, got ", row0, " and ",
+  LPLR_CHECK_VALUE(row0 >= 0 && col0 >= 0, "row0 and col0 must be >= 0, got ", row0, " and ",
                     col0);
 }
 
 void check_square_arg(const at::Tensor& a, const char* name) {
-  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == a.size(1), name,
+  LPLR_CHECK_VALUE(a.dim() == 2 && a.size(0) == a.size(1), name,
                     " must be a square 2-D matrix, got shape ", a.sizes());
   check_float(a, name);
 }
 
 void check_symv_args(const at::Tensor& a, const at::Tensor& v) {
   check_square_arg(a, "a");
-  TORCH_CHECK_VALUE(v.dim() == 1 || v.dim() == 2, "v must be (n,) or (n, m), got shape ",
+  LPLR_CHECK_VALUE(v.dim() == 1 || v.dim() == 2, "v must be (n,) or (n, m), got shape ",
                     v.sizes());
-  TORCH_CHECK_VALUE(v.size(0) == a.size(0), "v has ", v.size(0), " rows but a is ", a.size(0),
+  LPLR_CHECK_VALUE(v.size(0) == a.size(0), "v has ", v.size(0), " rows but a is ", a.size(0),
                     " x ", a.size(1));
-  TORCH_CHECK_TYPE(v.scalar_type() == a.scalar_type(), "v has dtype ", v.scalar_type(),
+  LPLR_CHECK_TYPE(v.scalar_type() == a.scalar_type(), "v has dtype ", v.scalar_type(),
                    " but a has dtype ", a.scalar_type(), "; they must match");
-  TORCH_CHECK_VALUE(v.device() == a.device(), "v is on ", v.device(), " but a is on ",
+  LPLR_CHECK_VALUE(v.device() == a.device(), "v is on ", v.device(), " but a is on ",
                     a.device(), "; both must be on one device");
 }
 
 void check_abs_quadratic_args(const at::Tensor& a, const at::Tensor& v) {
   check_square_arg(a, "a");
-  TORCH_CHECK_VALUE(v.dim() == 1 && v.size(0) == a.size(0), "v must be a vector of length ",
+  LPLR_CHECK_VALUE(v.dim() == 1 && v.size(0) == a.size(0), "v must be a vector of length ",
                     a.size(0), ", got shape ", v.sizes());
   check_float(v, "v");
-  TORCH_CHECK_VALUE(v.device() == a.device(), "v is on ", v.device(), " but a is on ",
+  LPLR_CHECK_VALUE(v.device() == a.device(), "v is on ", v.device(), " but a is on ",
                     a.device(), "; both must be on one device");
 }
 

@@ -10,6 +10,7 @@ import torch
 import lplr_fast
 from lplr_fast import _C
 from lplr_fast.gram import gram_accumulate, gram_accumulate_reference, gram_out_shape
+from lplr_fast.ntk.symmetry import symmetrize_
 
 OPS = torch.ops.lplr
 MODES = {"full": 0, "trace": 1, "diagonal": 2}
@@ -134,18 +135,16 @@ def test_gemm_route_matches_reference(compute, symmetric, block, rng, monkeypatc
 
 
 @pytest.mark.parametrize("compute", list(MODES))
-def test_gemm_route_symmetric_result_exactly_symmetric(compute, rng, monkeypatch):
-    monkeypatch.setenv("LPLR_GEMM_BLOCK_SAMPLES", "5")
-    a, g, _, _ = _gram_inputs(19, 19, 4, 3, 7, rng)
-    out = torch.zeros(gram_out_shape(19, 19, 3, compute), dtype=torch.float64)
-    gram_accumulate(out, a, g, compute=compute, route="gemm")
-    if compute == "full":
-        mat = out.permute(0, 2, 1, 3).reshape(57, 57)
-        assert torch.equal(mat, mat.T)
-    elif compute == "trace":
-        assert torch.equal(out, out.T)
-    else:
-        assert torch.equal(out, out.transpose(0, 1))
+@pytest.mark.parametrize("n", [1, 7, 2500])
+def test_symmetrize_in_place(compute, n, rng):
+    k = 3 if n < 100 else 1
+    shape = gram_out_shape(n, n, k, compute)
+    tile = torch.randn(shape, generator=rng, dtype=torch.float64)
+    mirror = tile.permute(1, 0, 3, 2) if compute == "full" else tile.transpose(0, 1)
+    want = 0.5 * (tile + mirror)
+    got = symmetrize_(tile.clone(), compute, block=1000)
+    assert torch.allclose(got, want, rtol=1e-15, atol=1e-15)
+    assert torch.equal(got, got.permute(1, 0, 3, 2) if compute == "full" else got.transpose(0, 1))
 
 
 def test_gemm_route_frozen_weight_and_no_bias(rng, monkeypatch):

@@ -2,6 +2,7 @@
 // route (cuBLAS + one elementwise pass, see gram_gemm.cpp) or the fused tiled kernel
 // (gram_kernel.cuh).
 #include "../gram.h"
+#include "../message.h"
 #include "gram_launch.h"
 
 #include <ATen/ATen.h>
@@ -26,8 +27,8 @@ void launch_fused(at::Tensor& out, const at::Tensor& a1_in, const at::Tensor& g1
                                    static_cast<scalar_t>(beta), static_cast<int>(s.mode),
                                    symmetric};
     const cudaError_t err = cuda::launch_gram_accumulate<scalar_t>(prm, stream);
-    TORCH_CHECK(err == cudaSuccess, "gram_accumulate CUDA launch failed: ",
-                cudaGetErrorString(err));
+    TORCH_CHECK(err == cudaSuccess,
+                ::lplr::msg("gram_accumulate CUDA launch failed: ", cudaGetErrorString(err)));
   });
 }
 

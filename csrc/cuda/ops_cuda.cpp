@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "../gram.h"
+#include "../message.h"
 #include "../spectral.h"
 
 namespace lplr {
@@ -17,7 +18,7 @@ void gram_accumulate_cuda_op(at::Tensor& out, const at::Tensor& a1, const at::Te
                              const std::optional<at::Tensor>& g2, double beta, int64_t mode,
                              bool check_finite, int64_t route) {
   const GramCall call = check_gram_call(out, a1, g1, a2, g2, beta, mode, check_finite, route);
-  TORCH_CHECK_VALUE(out.is_cuda(), "out is on ", out.device(), " but a CUDA kernel was asked for");
+  LPLR_CHECK_VALUE(out.is_cuda(), "out is on ", out.device(), " but a CUDA kernel was asked for");
   gram_accumulate_cuda(out, a1, g1, call.a2, call.g2, beta, call.shape, call.symmetric,
                        call.route);
 }

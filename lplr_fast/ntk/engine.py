@@ -31,7 +31,8 @@ from .rules import (
     feature_bytes_per_sample,
 )
 from .rules import module_features as _module_features
-from .stream import DenseAssembly, Tile, check_consumer, feed, transpose_tile, wants_parts
+from .stream import DenseAssembly, Tile, check_consumer, feed, wants_parts
+from .symmetry import symmetrize_
 from .validation import (
     batchnorms_in_eval,
     check_inputs,
@@ -266,19 +267,19 @@ def _tiles(
                 targets = dict.fromkeys(names, parts[TOTAL])
             diagonal = job.symmetric and bi == bj
             _pair_blocks(targets, f1, None if diagonal else cols.get(bj), job.compute)
-            if diagonal and _needs_symmetrising(f1):
-                parts = {n: 0.5 * (p + transpose_tile(p, job.compute)) for n, p in parts.items()}
+            if diagonal and (x1.device.type != "cpu" or _needs_symmetrising(f1)):
+                for part in parts.values():
+                    symmetrize_(part, job.compute)
             yield r, c, _tile_total(parts), ({} if TOTAL in parts else parts)
 
 
 def _needs_symmetrising(features: dict[str, list[Features]]) -> bool:
-    """Whether a diagonal tile may come out not exactly symmetric: the Gram kernel mirrors
-    its upper triangle, but the ghost spatial contraction and the cross pairs of a module
-    used several times compute both triangles with different roundings."""
+    """Whether a diagonal tile may come out not exactly symmetric on the CPU: the CPU Gram
+    kernel mirrors its upper triangle, but the ghost spatial contraction and the cross pairs
+    of a module used several times compute both triangles with different roundings. (On a
+    GPU the GEMM route computes both triangles of diagonal blocks: always symmetrised.)"""
     return any(
-        len(uses) > 1 or isinstance(f, SpatialFeatures)
-        for uses in features.values()
-        for f in uses
+        len(uses) > 1 or isinstance(f, SpatialFeatures) for uses in features.values() for f in uses
     )
 
 
