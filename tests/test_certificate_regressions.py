@@ -370,3 +370,24 @@ def test_operator_lanczos_scale_safe(k):
     ev = torch.linalg.eigvalsh(WELL_CONDITIONED)
     assert math.isclose(math.ldexp(b.lambda_max_lower, -k), float(ev[-1]), rel_tol=1e-8)
     assert math.isclose(math.ldexp(b.lambda_min_upper, -k), float(ev[0]), rel_tol=1e-8)
+
+
+@pytest.mark.parametrize("k", [-1070, 0, 1000])
+def test_pytorch_faces_of_the_reductions(k, monkeypatch):
+    """The PyTorch expressions used on CUDA (and without the compiled module) certify too."""
+    from lplr_fast.spectrum import native
+
+    monkeypatch.setattr(native, "_native_for", lambda t: None)
+    a = scale_tensor(WELL_CONDITIONED, k)
+    exact = ExactSpectrum(a)
+    b = eig_bounds(a)
+    assert exact.min_in(b.lambda_min_lower, b.lambda_min_upper)
+    assert exact.max_in(b.lambda_max_lower, b.lambda_max_upper)
+    for upper in (True, False):
+        stream = StreamingBounds(4, upper=upper, psd=False)
+        feed(stream, a, 3, upper)
+        sb = stream.bounds()
+        assert exact.min_in(sb.lambda_min_lower, sb.lambda_min_upper)
+        assert exact.max_in(sb.lambda_max_lower, sb.lambda_max_upper)
+    got = ntk_distance(torch.zeros_like(a), a)
+    assert exact.norm2_in(got.lower, got.upper)
