@@ -117,7 +117,7 @@ def build_small(spec: SmallSpec) -> torch.Tensor:
         elif kind == "clustered":
             a = 2.0**30 * torch.eye(n, dtype=F64) + a * 2.0**-40  # rounds: fine, a is given
         elif kind == "graded":
-            grade = int(torch.randint(1, 40, (1,), generator=g))
+            grade = int(torch.randint(1, max(2, min(40, 600 // (2 * n))), (1,), generator=g))
             idx = torch.arange(n, dtype=F64)
             a = torch.ldexp(a, grade * (idx[:, None] + idx[None, :]))
         elif kind == "indefinite":

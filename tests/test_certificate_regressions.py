@@ -391,3 +391,20 @@ def test_pytorch_faces_of_the_reductions(k, monkeypatch):
         assert exact.max_in(sb.lambda_max_lower, sb.lambda_max_upper)
     got = ntk_distance(torch.zeros_like(a), a)
     assert exact.norm2_in(got.lower, got.upper)
+
+
+def test_distance_above_the_dense_limit_stays_certified(monkeypatch):
+    """Above DENSE_LIMIT eig_bounds only estimates; the 2-norm bracket of ntk_distance then
+    rests on Rayleigh quotients (below) and ‖K1 − K0‖_F (above): loose but rigorous."""
+    from lplr_fast.spectrum import bounds
+
+    from .test_certificate_properties import LargeSpec, build_large
+
+    monkeypatch.setattr(bounds, "DENSE_LIMIT", 10)
+    spec = LargeSpec(40, "indefinite", 3, 2, 0, 7)
+    k0, d0, k, _ = build_large(spec)
+    k1, _, _, _ = build_large(spec, d0 + torch.arange(40, dtype=F64) % 5)
+    got = ntk_distance(k0, k1)
+    assert got.certified and got.method == "lanczos"
+    assert contains(got.lower, got.upper, Fraction(4) * Fraction(2) ** k)
+    assert math.isfinite(got.upper)

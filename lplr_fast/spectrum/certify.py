@@ -9,13 +9,15 @@ with positive diagonal. If floating-point Cholesky of B̃ runs to completion (ev
 entry finite, positive pivots), then for every real x
 
     xᵀB̃x ≥ −|x|ᵀΔ|x|,   Δ_ij = α·d_i·d_j + 4η(n + 2 + max_k b̃_kk),
-    d_j² = (b̃_jj + 2jη) / (1 − α),   α = γ_{n+1},
+    d_j² = (b̃_jj + 2jη) / (1 − α),   α = γ_{j+2} ≤ γ_{n+1} (j counted from 0),
 
 η the underflow unit of products and quotients (≤ TINY). The proof takes the dot products
 in any order and needs only the model of ``rounding.py``. LAPACK's potf2 and many trsm
-kernels multiply by a computed reciprocal 1/r_jj instead of dividing: one more rounding,
-covered by taking α = γ_{n+2}; GEMM/FMA-based blocked variants round less. For ‖x‖₂ = 1,
-Cauchy–Schwarz gives (Σ d_j|x_j|)² ≤ Σ d_j² and (Σ|x_j|)² ≤ n, so
+kernels multiply by a computed reciprocal 1/r_jj instead of dividing (one more rounding),
+GEMM/FMA-based blocked variants round less, and a vendor square root or reciprocal that is
+off by a few ulps costs a few more; taking α = γ_{n+8} leaves room for 7 roundings beyond
+Rump's count. For ‖x‖₂ = 1, Cauchy–Schwarz gives (Σ d_j|x_j|)² ≤ Σ d_j² and (Σ|x_j|)² ≤ n,
+so
 
     λ_min(B̃) ≥ −c,   c = α/(1 − α)·(tr B̃ + 2n²·TINY) + 8n·TINY·(n + 2 + max_k b̃_kk)
 
@@ -82,7 +84,7 @@ def cholesky_margin(n: int, diag_sum: float, diag_max: float) -> float:
     """c + 2u·max b̃_kk of the module docstring for a factorised B̃ (n×n, positive diagonal
     with computed sum ``diag_sum`` and maximum ``diag_max``), rounded up."""
     trace = sum_upper(diag_sum, depth=n, ops=0)  # n positive floats, additions only
-    alpha = gamma_up(n + 2)
+    alpha = gamma_up(n + 8)
     coef = up(alpha / down(1.0 - alpha))
     c = up(coef * up(trace + up(2.0 * n * n * TINY)))
     c = up(c + up(up(8.0 * n * TINY) * up(n + 2.0 + diag_max)))
