@@ -181,7 +181,7 @@ def prepare_matrix(K: object, name: str = "K", eps: float | None = None) -> Prep
     if t.numel() == 0:
         raise ValueError(f"{name} is empty")
     a = as_matrix(t, name)
-    require_gradual_underflow(a.device)
+    require_gradual_underflow()
     stats = square_stats(a)
     if stats.nonfinite:
         raise nonfinite_error(name, stats.nonfinite)

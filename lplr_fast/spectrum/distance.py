@@ -189,7 +189,7 @@ def _stored(k0: object, k1: object, ord, rtol: float, t0: float) -> NormBounds:
         raise ValueError(f"kernels differ in shape: {tuple(a0.shape)} vs {tuple(a1.shape)}")
     if a0.numel() == 0:
         raise ValueError("K0 and K1 are empty")
-    require_gradual_underflow(a1.device)
+    require_gradual_underflow()
     d = _difference(a0, a1, "")
     fro_lo, fro_hi = frobenius_bounds(d)
     if ord == "fro":

@@ -205,11 +205,11 @@ def safe_norm(v: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(v / scale) * scale
 
 
-def require_gradual_underflow(device: torch.device) -> None:
-    """Raise when this thread's CPU flushes subnormal numbers (``torch.set_flush_denormal``):
-    the certificates' underflow terms assume IEEE gradual underflow."""
-    if device.type != "cpu":
-        return  # CUDA has no flush-to-zero mode for float64
+def require_gradual_underflow() -> None:
+    """Raise when this thread's CPU flushes subnormal numbers (``torch.set_flush_denormal``,
+    fast-math libraries): the underflow terms assume IEEE gradual underflow. The CPU is
+    probed whatever the tensors' device, since the bounds' scalar arithmetic runs there;
+    CUDA has no flush-to-zero mode for float64."""
     # bit patterns, not float comparisons: denormals-are-zero also changes comparisons
     probe = torch.tensor([2, 1 << 52], dtype=torch.int64).view(torch.float64)  # 2^-1073, 2^-1022
     got = (probe * torch.tensor([0.5, 0.5], dtype=torch.float64)).view(torch.int64).tolist()
