@@ -227,6 +227,8 @@ def test_ntk_distance_bad_inputs():
         ntk_distance(k, [[1.0]])  # a list is read as a tile stream
     with pytest.raises(ValueError, match="empty"):
         ntk_distance(torch.zeros(0, 0), torch.zeros(0, 0))
+    with pytest.raises(ValueError, match="on meta"):
+        ntk_distance(k, torch.eye(3, dtype=F64, device="meta"))
     got = ntk_distance(np.eye(3), 2 * np.eye(3, dtype=np.float32))
     assert got.certified and got.lower <= 1.0 <= got.upper
     half = ntk_distance(k.half(), 2 * k.to(torch.bfloat16), "fro")  # ‖I₃‖_F = √3

@@ -142,7 +142,9 @@ def ntk_distance(
 
 
 def _difference(a0: torch.Tensor, a1: torch.Tensor, what: str) -> torch.Tensor:
-    """fl(a1 − a0) in float64 after checking both are finite."""
+    """fl(a1 − a0) in float64 after checking both are finite and on one device."""
+    if a0.device != a1.device:
+        raise ValueError(f"K0{what} is on {a0.device} and K1{what} on {a1.device}: move one")
     for name, a in (("K0", a0), ("K1", a1)):
         bad = int((~torch.isfinite(a)).sum())
         if bad:
