@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-import lplr_fast.training.loop as loop
 from lplr_fast import Diagnostics, RunResult, eig_bounds, empirical_ntk, train
 from lplr_fast.cli import main as cli_main
 from lplr_fast.spectrum import as_matrix
+from lplr_fast.training import StopTraining
 from lplr_fast.training.config import loss_scale
 
 
@@ -102,49 +102,87 @@ def _same_history(a: list[dict], b: list[dict]) -> None:
             assert va == vb or (math.isnan(va) and math.isnan(vb)), (ra["step"], key, va, vb)
 
 
+def _stop_at(step_to_stop: int, exc: type[BaseException] = StopTraining):
+    def on_step(step: int) -> None:
+        if step == step_to_stop:
+            raise exc
+
+    return on_step
+
+
 @pytest.mark.parametrize("optimizer", ["gd", "sgd"])
-def test_resume_after_ctrl_c_reproduces_history(optimizer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("exc", [StopTraining, KeyboardInterrupt])
+def test_resume_after_stop_reproduces_history(optimizer, exc, tmp_path):
     x, y, kwargs, full = _reference_run(optimizer, tmp_path)
-    original = loop._cheap_row
-
-    def interrupt(step, *args, **kw):
-        if step == 23 or step == 24:
-            raise KeyboardInterrupt
-        return original(step, *args, **kw)
-
-    monkeypatch.setattr(loop, "_cheap_row", interrupt)
-    first = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
-    assert first.summary["status"].startswith("interrupted at step")
-    monkeypatch.setattr(loop, "_cheap_row", original)
+    first = train(wide_mlp(width=256), x, y, out_dir=tmp_path, on_step=_stop_at(23, exc), **kwargs)
+    assert first.summary["status"] == "interrupted at step 23"
+    assert [r["step"] for r in first.history][-1] == 22
+    assert RunResult.load(tmp_path).history[-1]["step"] == 22
     resumed = train(wide_mlp(width=256, seed=99), x, y, out_dir=tmp_path, **kwargs)
     _same_history(resumed.history, full.history)
     assert resumed.summary["fitted_rate"] == full.summary["fitted_rate"]
 
 
 @pytest.mark.parametrize("optimizer", ["gd", "sgd"])
-def test_resume_after_crash_reproduces_history(optimizer, tmp_path, monkeypatch):
+def test_resume_after_crash_reproduces_history(optimizer, tmp_path):
     x, y, kwargs, full = _reference_run(optimizer, tmp_path)
-    original = loop._cheap_row
-
-    def crash(step, *args, **kw):
-        if step == 26:
-            raise RuntimeError("simulated kill")
-        return original(step, *args, **kw)
-
-    monkeypatch.setattr(loop, "_cheap_row", crash)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
+    crash = _stop_at(26, RuntimeError)
+    with pytest.raises(RuntimeError):
+        train(wide_mlp(width=256), x, y, out_dir=tmp_path, on_step=crash, **kwargs)
     on_disk = RunResult.load(tmp_path)
     assert on_disk.history[-1]["step"] < 20  # written at the step-20 checkpoint
-    monkeypatch.setattr(loop, "_cheap_row", original)
     resumed = train(wide_mlp(width=256, seed=5), x, y, out_dir=tmp_path, **kwargs)
     _same_history(resumed.history, full.history)
-    # a completed run resumed again changes nothing; a longer one continues
+    # a completed run resumed again is a no-op (no file rewritten); a longer one continues
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     again = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
     _same_history(again.history, full.history)
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     longer = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **{**kwargs, "steps": 50})
     _, _, _, full50 = _reference_run(optimizer, tmp_path, steps=50)
     _same_history(longer.history, full50.history)
+
+
+def test_extending_a_run_matches_the_longer_run_when_the_end_was_not_logged(tmp_path):
+    """The last step is always logged; in a longer run the same step may not be. The stored
+    maxima must not include it."""
+    x, y = data(n=16)
+    kwargs = dict(lr=0.05, diagnostics=Diagnostics(every=5, ntk_every=5))
+    train(wide_mlp(width=128), x, y, steps=12, out_dir=tmp_path, **kwargs)
+    longer = train(wide_mlp(width=128), x, y, steps=20, out_dir=tmp_path, **kwargs)
+    direct = train(wide_mlp(width=128), x, y, steps=20, **kwargs)
+    assert 12 not in [r["step"] for r in direct.history]
+    _same_history(longer.history, direct.history)
+
+
+def test_auto_lr_is_derived_once_and_reused(tmp_path):
+    x, y = data(n=16)
+    kwargs = dict(lr="auto", lr_fraction=0.5, steps=12, diagnostics=Diagnostics(ntk_every=4))
+    first = train(wide_mlp(width=128), x, y, out_dir=tmp_path, on_step=_stop_at(5), **kwargs)
+    derived = (tmp_path / "derived.pt").read_bytes()
+    assert first.config["lr_requested"] == "auto" and first.config["lr_fraction"] == 0.5
+    assert first.config["lr"] == 0.5 / first.config["beta0_upper"]
+    resumed = train(wide_mlp(width=128), x, y, out_dir=tmp_path, **kwargs)
+    assert (tmp_path / "derived.pt").read_bytes() == derived
+    assert {r["lr"] for r in resumed.history} == {first.config["lr"]}
+    assert resumed.history[0]["lambda_max_upper"] == first.config["beta0_upper"]
+    with pytest.raises(ValueError, match="differs in lr_fraction"):
+        train(wide_mlp(width=128), x, y, out_dir=tmp_path, **{**kwargs, "lr_fraction": 0.4})
+    with pytest.raises(ValueError, match="differs in lr"):
+        train(wide_mlp(width=128), x, y, out_dir=tmp_path, **{**kwargs, "lr": first.config["lr"]})
+
+
+def test_start_with_a_different_initial_model_is_refused(tmp_path):
+    x, y = data(n=16)
+    kwargs = dict(lr=0.05, steps=6, diagnostics=Diagnostics(ntk_every=3))
+    train(wide_mlp(width=64), x, y, out_dir=tmp_path, on_step=_stop_at(0), **kwargs)
+    (tmp_path / "checkpoint.pt").unlink()  # as if killed after deriving, before a checkpoint
+    with pytest.raises(ValueError, match="initial ones"):
+        train(wide_mlp(width=64, seed=1), x, y, out_dir=tmp_path, **kwargs)
+    done = train(wide_mlp(width=64), x, y, out_dir=tmp_path, **kwargs)
+    assert done.summary["status"] == "completed"
+    with pytest.raises(ValueError, match="cannot shrink"):
+        train(wide_mlp(width=64), x, y, out_dir=tmp_path, **{**kwargs, "steps": 4})
 
 
 def test_files_written_and_readable(tmp_path):

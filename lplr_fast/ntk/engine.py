@@ -12,6 +12,7 @@ import copy
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -51,6 +52,21 @@ def available_memory_bytes(device: torch.device) -> int:
     except OSError:
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def total_memory_bytes(device: torch.device) -> int:
+    """Memory of ``device`` that does not change while the machine runs: the GPU's total
+    memory, or host RAM (MemTotal, capped by a cgroup v2 memory limit)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        limit = ""
+    if limit.isdigit():
+        total = min(total, int(limit))
+    return int(total)
 
 
 def transpose_tile(tile: torch.Tensor, compute: str) -> torch.Tensor:
@@ -136,15 +152,19 @@ def _choose_block_size(
     n_parts: int,
     out_dtype: torch.dtype,
 ) -> int:
-    """Largest block whose features (two blocks) and tile parts fit in a quarter of free
-    memory, from the feature size of a probe block of up to 4 samples."""
+    """Largest block whose features (two blocks) and tile parts fit in an eighth of the
+    device's total memory, from the feature size of a probe block of up to 4 samples.
+
+    The tile partition decides which GEMMs produce each kernel entry, hence its last bits:
+    it is derived from quantities fixed on a machine (never from the memory free right now)
+    so that the same call gives bitwise the same kernel whatever the machine's load."""
     probe = _BlockFeatures(model, x, compute, route, block=4, cache_bytes=0)
     xb = x[:4]
     _, nbytes = probe.compute_block(xb)
     per_sample = max(1, nbytes // xb.shape[0])
     k = probe.k or 1
     kk = k * k if compute == "full" else (k if compute == "diagonal" else 1)
-    budget = available_memory_bytes(x.device) // 4
+    budget = total_memory_bytes(x.device) // 8
     esize = torch.finfo(out_dtype).bits // 8
     by_features = budget // (4 * per_sample)
     by_tile = int(math.sqrt(budget / (4 * kk * esize * (n_parts + 1))))
@@ -196,7 +216,8 @@ def _structured_tiles(
     xs2 = x1 if x2 is None else x2
     budget = available_memory_bytes(x1.device) // 8
     # Row blocks are visited once each, so only the column blocks are worth caching (with
-    # x2=None the rows are the columns).
+    # x2=None the rows are the columns). The cache size follows the free memory: a cached
+    # block and a recomputed one hold the same bits, so it changes the speed, not the result.
     rows = _BlockFeatures(model, x1, compute, route, block_size, budget if x2 is None else 0)
     cols = rows if x2 is None else _BlockFeatures(model, xs2, compute, route, block_size, budget)
     n_row_blocks = -(-x1.shape[0] // block_size)
@@ -302,7 +323,8 @@ def empirical_ntk(
         implementation: "structured" (per-layer Gram identities, the fast path),
             "jacobian" (torch.func per-sample Jacobians + contraction) or "ntk_vp"
             (VJP/JVP NTK-vector products), the last two as references.
-        block_size: samples per tile side; default from free memory.
+        block_size: samples per tile side; default from the device's total memory (fixed
+            per machine: pass it explicitly for bitwise-equal kernels across machines).
         dtype: compute in this dtype (the model is copied, never modified).
         return_layers: also return a dict module name → that module's contribution.
         batchnorm: BatchNorm in training mode: "error" (default) raises; "eval" uses running
