@@ -125,6 +125,7 @@ def test_sigkill_at_random_moments_resumes_bitwise(name, seed, tmp_path, uninter
     env = _env(threads=1)
     out = tmp_path / "killed"
     kills = _run_with_kills(config, out, env, random.Random(f"{name}-{seed}"))
+    print(f"{name} seed {seed}: {kills} SIGKILLs")
     for file in RESULT_FILES:
         assert (out / file).read_bytes() == (reference / file).read_bytes(), (file, kills)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporaries left"

@@ -297,3 +297,33 @@ def test_cli_config_errors(tmp_path, capsys):
     assert "unknown section" in capsys.readouterr().err
     assert cli_main(["train", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
     assert cli_main(["plot", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path):
+    x, y = data(n=8)
+    kwargs = dict(lr=0.05, steps=2, out_dir=tmp_path, diagnostics=Diagnostics(ntk_every=2))
+    seen = []
+
+    def nested(step: int) -> None:
+        if step == 1 and not seen:  # a second run of the same folder while the first runs
+            with pytest.raises(RuntimeError, match="in use by another running process"):
+                train(wide_mlp(width=32), x, y, **kwargs)
+            seen.append(step)
+
+    # flock locks are per open file description: the nested call opens its own, so it is
+    # refused exactly as another process would be
+    done = train(wide_mlp(width=32), x, y, on_step=nested, **kwargs)
+    assert seen == [1] and done.summary["status"] == "completed"
+
+
+def test_numpy_numbers_and_resume_false(tmp_path):
+    import numpy as np
+
+    x, y = data(n=8)
+    kwargs = dict(steps=3, out_dir=tmp_path, diagnostics=Diagnostics(ntk_every=3))
+    first = train(wide_mlp(width=32), x, y, lr=np.float64(0.05), momentum=np.float32(0.5),
+                  **kwargs)  # fmt: skip
+    again = train(wide_mlp(width=32), x, y, lr=0.05, momentum=0.5, **kwargs)
+    _same_history(again.history, first.history)
+    other = train(wide_mlp(width=32), x, y, lr=0.02, resume=False, **kwargs)
+    assert RunResult.load(tmp_path).config["lr"] == other.config["lr"] == 0.02

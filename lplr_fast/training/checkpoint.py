@@ -6,7 +6,8 @@ Files (all written atomically: temporary file, fsync, rename):
   the first step and never rewritten while the run lives;
 * ``checkpoint.pt``: identity, the model, optimizer and SGD generator states and the
   :class:`RunState` at the start of step ``next_step``;
-* ``history.*``, ``summary.*``, ``config.json``: the readable results (see ``result.py``).
+* ``history.*``, ``summary.*``, ``config.json``: the readable results (see ``result.py``);
+* ``run.lock``: locked while a process runs the run.
 
 A SIGKILL at any moment leaves every file either complete or absent (and perhaps a
 temporary file, removed by the next invocation); the next invocation resumes from the last
@@ -16,16 +17,23 @@ checkpoint, or from step 0 with the stored derived values.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None  # type: ignore[assignment]
 
 from .io import atomic_torch_save
 from .result import CHECKPOINT, CONFIG_JSON, HISTORY_CSV, HISTORY_JSON, SUMMARY_CSV, SUMMARY_JSON
 from .state import FORMAT, Derived, RunState, identity_changes
 
 DERIVED = "derived.pt"
+LOCK = "run.lock"
 _RESULTS = (HISTORY_CSV, HISTORY_JSON, SUMMARY_CSV, SUMMARY_JSON, CONFIG_JSON)
 _RUN_FILES = (DERIVED, CHECKPOINT, *_RESULTS)
 
@@ -44,7 +52,27 @@ class Checkpointer:
         self.identity = identity
         self.device = device
         self.out.mkdir(parents=True, exist_ok=True)
-        self._remove_temporaries()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the folder (``run.lock``, flock) while a run uses it: a
+        second process running the same run at the same time is refused. The kernel drops
+        the lock when its holder dies, SIGKILL included."""
+        if fcntl is None:  # not POSIX: no lock
+            yield
+            return
+        with open(self.out / LOCK, "a") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(
+                    f"{self.out} is in use by another running process; wait for it to finish "
+                    "or use another out_dir"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _remove_temporaries(self) -> None:
         """Temporary files of interrupted atomic writes (``.NAME.xxxx`` of our own files)."""
@@ -53,10 +81,14 @@ class Checkpointer:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
 
+    def open(self) -> None:
+        """Called with the lock held: remove what interrupted writes left behind."""
+        self._remove_temporaries()
+
     def start_over(self) -> None:
         """Forget a previous run in this folder (``resume=False``): the checkpoint goes first,
         so that a kill in between never pairs an old checkpoint with new derived values."""
-        for name in (CHECKPOINT, DERIVED):
+        for name in (CHECKPOINT, DERIVED, *_RESULTS):
             with contextlib.suppress(FileNotFoundError):
                 (self.out / name).unlink()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import signal
 import sys
 import threading
@@ -38,6 +39,7 @@ from .state import (
     data_fingerprint,
     flat_parameters,
     model_signature,
+    plain,
     same_parameters,
 )
 from .step import StepContext, bounds_dict, diagnostic_kernel, kernel_bounds, take_step
@@ -102,6 +104,20 @@ def _validate(
             f"{tuple(y.shape[1:])}; they must hold the same number of values"
         )
     return out.numel()
+
+
+def _real(value: Any, name: str) -> float:
+    """A real number (numpy scalars included) as a Python float."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{name} must be a real number, got {value!r}")
+
+
+def _integer(value: Any, name: str) -> int:
+    """An integer (numpy integers included) as a Python int."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    raise TypeError(f"{name} must be an integer, got {value!r}")
 
 
 def _subset(diag: Diagnostics, n: int, seed: int) -> torch.Tensor:
@@ -224,6 +240,12 @@ def train(
         the run was interrupted and resumed or not.
     """
     diag = diagnostics or Diagnostics()
+    lr = lr if lr == "auto" else _real(lr, "lr")
+    lr_fraction, momentum, l_star = (
+        _real(lr_fraction, "lr_fraction"), _real(momentum, "momentum"), _real(l_star, "l_star")
+    )  # fmt: skip
+    steps, seed = _integer(steps, "steps"), _integer(seed, "seed")
+    batch_size = None if batch_size is None else _integer(batch_size, "batch_size")
     params_by_name = trainable_parameters(model)
     params = list(params_by_name.values())
     if not params:
@@ -236,47 +258,57 @@ def train(
     every_ckpt = checkpoint_every or diag.ntk_every
     if not isinstance(every_ckpt, int) or every_ckpt < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every}")
-    n = x.shape[0]
-    subset = _subset(diag, n, seed)
-    identity: dict[str, Any] = {
-        "optimizer": optimizer,
-        "lr": lr,
-        "lr_fraction": lr_fraction if lr == "auto" else None,
-        "steps": steps,
-        "batch_size": batch_size,
-        "momentum": momentum,
-        "loss": loss,
-        "l_star": l_star,
-        "seed": seed,
-        "diagnostics": diag.to_dict(),
-        "n": n,
-        "k": k,
-        "ntk_samples": subset.numel(),
-        "data_fingerprint": data_fingerprint(x, y),
-        "model": model_signature(params_by_name),
+    subset = _subset(diag, x.shape[0], seed)
+    requested = {
+        "optimizer": optimizer, "lr": lr, "lr_fraction": lr_fraction if lr == "auto" else None,
+        "steps": steps, "batch_size": batch_size, "momentum": momentum, "loss": loss,
+        "l_star": l_star, "seed": seed, "diagnostics": diag.to_dict(),
         "checkpoint_every": every_ckpt,
-        "eps": torch.finfo(params[0].dtype).eps,
-    }
+    }  # fmt: skip
+    identity = _identity(requested, x, y, k, subset, params_by_name)
     opt = torch.optim.SGD(params, lr=1.0, momentum=momentum)  # lr set once derived
     gen = torch.Generator().manual_seed(seed)
     store = Checkpointer(out_dir, identity, device) if out_dir is not None else None
-    state, derived = _start(store, resume, model, params, opt, gen, identity)
-    out = store.out if store is not None else None
-    if state is not None and _finished(state, steps):
-        return _result(state, identity, derived, diag, out)  # nothing to do
-    if derived is None:
-        derived = _derive(model, params, x, subset, k, diag, loss, lr, lr_fraction)
-        if store is not None:
-            store.save_derived(derived)
-    for group in opt.param_groups:
-        group["lr"] = derived.lr
-    state = _resumable(state, steps)
-    ctx = StepContext(
-        model, params, opt, gen, x, y.reshape(n, k).to(dtype=params[0].dtype),
-        subset.to(device), optimizer, batch_size, loss, l_star, steps, diag, derived,
-    )  # fmt: skip
-    _run(ctx, state, store, every_ckpt, progress, on_step, identity)
-    return _result(state, identity, derived, diag, out)
+    with store.locked() if store is not None else contextlib.nullcontext():
+        state, derived = _start(store, resume, model, params, opt, gen)
+        if state is not None and _finished(state, steps):
+            return _result(state, identity, derived, diag, out_dir)  # nothing to do
+        if derived is None:
+            derived = _derive(model, params, x, subset, k, diag, loss, lr, lr_fraction)
+            if store is not None:
+                store.save_derived(derived)
+        for group in opt.param_groups:
+            group["lr"] = derived.lr
+        ctx = StepContext(
+            model, params, opt, gen, x, y.reshape(-1, k).to(dtype=params[0].dtype),
+            subset.to(device), optimizer, batch_size, loss, l_star, steps, diag, derived,
+        )  # fmt: skip
+        state = _resumable(state, steps)
+        _run(ctx, state, store, every_ckpt, progress, on_step, identity)
+        return _result(state, identity, derived, diag, out_dir)
+
+
+def _identity(
+    requested: dict[str, Any],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    subset: torch.Tensor,
+    params: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """The run's identity (``state.py``): the arguments as requested, and what identifies
+    the data and the model's parameters."""
+    return plain(
+        {
+            **requested,
+            "n": x.shape[0],
+            "k": k,
+            "ntk_samples": subset.numel(),
+            "data_fingerprint": data_fingerprint(x, y),
+            "model": model_signature(params),
+            "eps": torch.finfo(next(iter(params.values())).dtype).eps,
+        }
+    )
 
 
 def _finished(state: RunState, steps: int) -> bool:
@@ -293,12 +325,12 @@ def _start(
     params: list[torch.Tensor],
     opt: torch.optim.Optimizer,
     gen: torch.Generator,
-    identity: dict[str, Any],
 ) -> tuple[RunState | None, Derived | None]:
     """The saved state and derived values to continue from (None, None for a fresh run);
     the model, optimizer and generator are restored in place."""
     if store is None:
         return None, None
+    store.open()
     if not resume:
         store.start_over()
         return None, None
@@ -350,10 +382,12 @@ def _run(
     def checkpoint(saved: RunState) -> None:
         if store is None:
             return
+        # results first: a checkpoint that says "completed" is never newer than the files
+        # that a rerun of the finished run (a no-op) leaves in place
+        _result(saved, identity, ctx.derived, ctx.diag, store.out).write(store.out)
         store.save_checkpoint(
             saved, ctx.model.state_dict(), ctx.optimizer.state_dict(), ctx.generator.get_state()
         )
-        _result(saved, identity, ctx.derived, ctx.diag, store.out).write(store.out)
 
     with _stop_on_sigint() as stop_requested:
         for step in range(start, ctx.steps + 1):
@@ -388,7 +422,7 @@ def _result(
     identity: dict[str, Any],
     derived: Derived | None,
     diag: Diagnostics,
-    out: Path | None,
+    out: str | Path | None,
 ) -> RunResult:
     config = {**identity, "lr_requested": identity["lr"]}
     config["lr"] = derived.lr if derived is not None else math.nan
@@ -407,4 +441,4 @@ def _result(
         )
     else:
         summary = {"status": status, "verdict": status}
-    return RunResult(list(state.history), summary, config, out)
+    return RunResult(list(state.history), summary, config, Path(out) if out else None)

@@ -43,6 +43,20 @@ def model_signature(params: dict[str, torch.Tensor]) -> list[tuple[str, tuple[in
     ]
 
 
+def plain(value: Any) -> Any:
+    """``value`` with numbers as Python int/float and sequences as lists/tuples of them
+    (numpy scalars become Python numbers): what ``torch.load(weights_only=True)`` reads."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, bool | str | None):
+        return value
+    if hasattr(value, "item") and not torch.is_tensor(value):
+        return value.item()
+    return value
+
+
 def identity_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys whose values differ between two identities, ignoring ``steps`` (a run may be
     extended) and ``checkpoint_every`` (it does not change the history)."""
