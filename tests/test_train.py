@@ -63,9 +63,14 @@ def test_rate_no_worse_than_predicted_when_local():
     s = result.summary
     assert s["stayed_local"], s
     assert s["fitted_rate"] <= s["predicted_rate"], s
-    assert s["lambda0"] > 0 and s["mu_cert_final"] > 0
+    assert s["lambda0"] > 0 and s["mu_region_est_final"] > 0
+    assert s["pl_certified_along_path"] and s["pl_cert_min"] > 0
+    assert s["pl_cert_min"] == min(r for r in result.column("lambda_min_lower") if r == r)
+    assert s["envelope_held"] is True and 0 < s["envelope_worst_ratio"] <= 1
     assert s["max_param_drift"] == max(result.column("param_drift"))
     assert "stayed in a locally PL region" in s["verdict"]
+    assert "PL certified at every NTK step" in s["verdict"]
+    assert "PL envelope held" in s["verdict"]
     assert s["step_size_ok"] == (lr <= 1 / s["beta_est"])
 
 
@@ -200,8 +205,9 @@ def test_files_written_and_readable(tmp_path):
     assert rows[1]["lambda_min_lower"] == "" and rows[2]["lambda_min_lower"] != ""
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("lambda0", "pl_envelope", "fitted_rate", "fit_r2", "predicted_rate",
-                "max_param_drift", "L_theta_est", "mu_cert_final", "step_size_ok",
-                "stayed_local", "verdict"):  # fmt: skip
+                "max_param_drift", "L_theta_est", "mu_region_est_final", "step_size_ok",
+                "stayed_local", "pl_cert_min", "pl_certified_along_path", "envelope_held",
+                "envelope_worst_ratio", "verdict"):  # fmt: skip
         assert key in summary
     loaded = RunResult.load(tmp_path)
     _same_history(loaded.history, result.history)
@@ -224,6 +230,9 @@ def test_subset_and_trace_are_labelled():
     result = train(wide_mlp(k=2, width=128), x, y, lr=0.05, steps=4, diagnostics=diagnostics)
     assert result.config["ntk_samples"] == 5
     assert result.summary["pl_bounds_comparable"] is False
+    assert result.summary["pl_certified_along_path"] is False
+    assert math.isnan(result.summary["pl_cert_min"]) and result.summary["envelope_held"] is None
+    assert "PL not certified: the NTK is a subset or trace kernel" in result.summary["verdict"]
     assert math.isfinite(result.history[0]["lambda_min_lower"])
 
 
@@ -278,7 +287,7 @@ def test_cli_train_and_plot(tmp_path):
     assert RunResult.load(out).history[-1]["step"] == 8
     pytest.importorskip("matplotlib")
     assert cli_main(["plot", str(out)]) == 0
-    for name in ("suboptimality.png", "pl_ratio.png", "drift.png", "mu_cert.png"):
+    for name in ("suboptimality.png", "pl_ratio.png", "drift.png", "mu_region_est.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

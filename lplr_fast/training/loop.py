@@ -438,6 +438,8 @@ def _result(
             status=status,
             pl_comparable=diag.ntk_subset is None
             and (diag.ntk_compute == "full" or config["k"] == 1),
+            certified=diag.bounds == "certified",
+            plain_gd=config["optimizer"] == "gd" and config["momentum"] == 0,
         )
     else:
         summary = {"status": status, "verdict": status}

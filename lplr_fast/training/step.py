@@ -76,15 +76,16 @@ def ntk_row(
     l_hat: float,
     r_max: float,
 ) -> dict[str, Any]:
-    """The NTK quantities of one NTK step: the bracket of λ(Θ_t) (PL scale), the NTK drift,
-    the drift ratio ‖Θ_t − Θ₀‖/‖θ_t − θ₀‖ and the region estimate λ₀ − L̂·r with L̂ and r
-    the largest ratio and drift seen so far (this step included)."""
+    """The NTK quantities of one NTK step: the bracket of λ(Θ_t) (PL scale; its lower end
+    is a certified PL constant at this iterate), the NTK drift, the drift ratio
+    ‖Θ_t − Θ₀‖/‖θ_t − θ₀‖ and the region estimate μ̂ = λ₀ − L̂·r (an optimistic estimate)
+    with L̂ and r the largest ratio and drift seen so far (this step included)."""
     return {
         **{key: bounds[key] for key in BOUND_KEYS},
         "ntk_drift_op": drift_op,
         "ntk_drift_fro": drift_fro,
         "lipschitz_est": drift_ratio(drift_op, param_drift),
-        "mu_cert": lambda0 - l_hat * r_max,
+        "mu_region_est": lambda0 - l_hat * r_max,
     }
 
 
