@@ -336,3 +336,38 @@ def test_numpy_numbers_and_resume_false(tmp_path):
     _same_history(again.history, first.history)
     other = train(wide_mlp(width=32), x, y, lr=0.02, resume=False, **kwargs)
     assert RunResult.load(tmp_path).config["lr"] == other.config["lr"] == 0.02
+
+
+def test_cli_device_errors(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\nn = 6\n[model]\nwidth = 8\n[train]\nsteps = 1\n")
+    args = ["train", str(config), "--out", str(tmp_path / "a"), "--device"]
+    assert cli_main([*args, "tpu"]) == 2
+    assert "--device must be cpu or cuda" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli_main([*args, "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_packaged_example_config_is_found_by_name(tmp_path, capsys):
+    from lplr_fast.training.runconfig import example_configs, load_config
+
+    assert "teacher" in example_configs()
+    assert load_config("teacher")["train"]["lr"] == "auto"
+    assert cli_main(["train", "no-such-example", "--out", str(tmp_path)]) == 2
+    assert "packaged examples ['teacher'" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_training_on_cuda_stays_there_and_matches_cpu(tmp_path):
+    x, y = data(n=12)
+    kwargs = dict(lr="auto", steps=10, diagnostics=Diagnostics(every=1, ntk_every=5))
+    on_cpu = train(wide_mlp(width=256), x, y, **kwargs)
+    model = wide_mlp(width=256).cuda()
+    on_gpu = train(model, x, y, out_dir=tmp_path, on_step=_stop_at(6), **kwargs)
+    assert next(model.parameters()).is_cuda
+    on_gpu = train(wide_mlp(width=256).cuda(), x, y, out_dir=tmp_path, **kwargs)
+    for a, b in zip(on_cpu.history, on_gpu.history, strict=True):
+        for key in ("loss", "grad_norm_sq", "lambda_min_lower", "lambda_max_upper"):
+            if key in a and a[key] == a[key]:
+                assert math.isclose(a[key], b[key], rel_tol=1e-6, abs_tol=1e-12), (key, a, b)

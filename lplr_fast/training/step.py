@@ -123,13 +123,14 @@ def _grad_sq(params: list[torch.Tensor]) -> float:
     return float(total)
 
 
-def _full_batch(ctx: StepContext) -> tuple[float, float]:
-    """Full-batch loss and ‖∇L‖², leaving the gradient in the parameters."""
+def _full_batch(ctx: StepContext, want_grad_sq: bool) -> tuple[float, float]:
+    """Full-batch loss and (when wanted, else NaN) ‖∇L‖², leaving the gradient in the
+    parameters. Only these scalars leave the device."""
     ctx.optimizer.zero_grad(set_to_none=True)
     scale = loss_scale(ctx.loss, ctx.n, ctx.k)
     value = loss_value(ctx.model(ctx.x).reshape(ctx.n, ctx.k) - ctx.y, scale)
     value.backward()
-    return float(value.detach()), _grad_sq(ctx.params)
+    return float(value.detach()), _grad_sq(ctx.params) if want_grad_sq else math.nan
 
 
 def _ntk_columns(ctx: StepContext, state: RunState, step: int, drift: float) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def take_step(ctx: StepContext, state: RunState, step: int) -> StepOutcome:
     ntk_now = log and (step % diag.ntk_every == 0 or step == ctx.steps or not state.history)
     full_loss = grad_sq = math.nan
     if ctx.kind == "gd" or log:
-        full_loss, grad_sq = _full_batch(ctx)
+        full_loss, grad_sq = _full_batch(ctx, want_grad_sq=log)
     diverged = (ctx.kind == "gd" or log) and not math.isfinite(full_loss)
     if log or diverged:
         drift = float((flat_parameters(ctx.params) - ctx.derived.theta0).norm())
