@@ -8,7 +8,8 @@ on the PL scale is a lower bound of the PL constant at that iterate — and
 ``pl_certified_along_path`` (it is > 0 at every NTK step). This needs certified bounds of the
 full kernel on every training sample (``Diagnostics(bounds="certified")``, no subset, and
 "full" or k = 1) and L* ≥ 0; otherwise the fields are NaN/False and ``pl_cert_basis`` says
-why.
+why. The bracket is rigorous for the float64 kernel as computed; the rounding of computing
+that kernel (GEMMs and backward passes, relative size ≈ n·k·u·‖Θ‖) is not bounded.
 
 Checked (the theory's inequality, not a least-squares fit): ``envelope_held`` — at every
 logged step t of the stable window, L_t − L* ≤ (L₀ − L*)·Π_{s<t}(1 − η·μ_s) with μ_s the
