@@ -30,6 +30,7 @@ from torch import nn
 import lplr_fast
 from lplr_fast.gram import gram_accumulate, gram_accumulate_reference
 
+from .gpu_cases import group_gpu
 from .models import ResNetCNN, export
 from .models import mlp as bench_mlp
 
@@ -503,6 +504,7 @@ GROUPS: dict[str, Callable[..., None]] = {
     "eig": group_eig,
     "frameworks": group_frameworks,
     "sweep": group_sweep,
+    "gpu": group_gpu,
 }
 
 
@@ -546,6 +548,10 @@ def main(argv: list[str] | None = None) -> None:
         "machine": platform.platform(),
         "gemm_gflops": gemm / 1e9,
         "gemm_dtype": "float32",
+        "gemm_gflops_float64": gemm_rate(
+            device, torch.float64, 2048 if device.type == "cpu" else 8192
+        )
+        / 1e9,
         "backend": lplr_fast.backend_info(),
     }
     write(rows, meta, args.out)

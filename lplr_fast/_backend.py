@@ -19,7 +19,7 @@ import torch
 
 from ._source_hash import kernel_source_hash
 
-KERNEL_API_VERSION = 2  # must equal lplr::kKernelApiVersion in csrc/gram.h
+KERNEL_API_VERSION = 3  # must equal lplr::kKernelApiVersion in csrc/gram.h
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +60,9 @@ def _try_load() -> tuple[ModuleType | None, str | None]:
                 f"lplr_fast._C was built from kernel sources {info.get('source_hash')} but "
                 f"csrc/ now hashes to {current}: the build is stale"
             )
+    from . import _ops
+
+    _ops.register_fakes()
     return _C, None
 
 

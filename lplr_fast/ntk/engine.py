@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -20,11 +20,19 @@ import torch
 from torch import nn
 
 from ..gram import COMPUTE_MODES, gram_out_shape
-from ..spectrum.streaming import StreamingBounds
 from . import reference
-from .capture import Capture, forward_with_cotangents, parametrised_modules
-from .rules import ConvRoute, Features, accumulate_pair, default_chunk, feature_bytes_per_sample
+from .capture import Capture, forward_with_cotangents, parametrised_modules, total_memory_bytes
+from .rules import (
+    ConvRoute,
+    Features,
+    SpatialFeatures,
+    accumulate_pair,
+    default_chunk,
+    feature_bytes_per_sample,
+)
 from .rules import module_features as _module_features
+from .stream import DenseAssembly, Tile, check_consumer, feed, wants_parts
+from .symmetry import symmetrize_
 from .validation import (
     batchnorms_in_eval,
     check_inputs,
@@ -36,7 +44,15 @@ from .validation import (
 Implementation = Literal["structured", "jacobian", "ntk_vp"]
 TOTAL = "<total>"  # key of the single accumulator when per-module parts are not wanted
 IMPLEMENTATIONS = ("structured", "jacobian", "ntk_vp")
-Tile = tuple[slice, slice]
+# Builds the consumer for ``bounds=True`` (set by lplr_fast/__init__.py to StreamingBounds:
+# the engine does not import the spectrum package).
+_bounds_factory: Callable[..., Any] | None = None
+
+
+def set_bounds_factory(factory: Callable[..., Any] | None) -> None:
+    """Register what ``empirical_ntk(..., bounds=True)`` builds: ``factory(n, per_layer=...)``."""
+    global _bounds_factory
+    _bounds_factory = factory
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -54,26 +70,6 @@ def available_memory_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def total_memory_bytes(device: torch.device) -> int:
-    """Memory of ``device`` that does not change while the machine runs: the GPU's total
-    memory, or host RAM (MemTotal, capped by a cgroup v2 memory limit)."""
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-    except OSError:
-        limit = ""
-    if limit.isdigit():
-        total = min(total, int(limit))
-    return int(total)
-
-
-def transpose_tile(tile: torch.Tensor, compute: str) -> torch.Tensor:
-    """Θ(J, I) from Θ(I, J): swap the sample axes (and the output axes for 'full')."""
-    return tile.permute(1, 0, 3, 2) if compute == "full" else tile.transpose(0, 1)
-
-
 class _BlockFeatures:
     """Per-block features, module name → list of features (one per use), with a byte-bounded
     cache so that column blocks are not recomputed when they fit."""
@@ -86,8 +82,10 @@ class _BlockFeatures:
         route: ConvRoute,
         block: int,
         cache_bytes: int,
+        bn_eval: bool = False,
     ) -> None:
         self.model, self.x, self.compute, self.route, self.block = model, x, compute, route, block
+        self.bn_eval = bn_eval
         self.capture = Capture(parametrised_modules(model))
         self.cache: dict[int, dict[str, list[Features]]] = {}
         self.cache_bytes_left = cache_bytes
@@ -103,6 +101,10 @@ class _BlockFeatures:
         return feats
 
     def compute_block(self, xb: torch.Tensor) -> tuple[dict[str, list[Features]], int]:
+        with batchnorms_in_eval(self.model, self.bn_eval):
+            return self._compute_block(xb)
+
+    def _compute_block(self, xb: torch.Tensor) -> tuple[dict[str, list[Features]], int]:
         flat, uses = forward_with_cotangents(self.model, xb, self.capture)
         k = flat.shape[1]
         if self.k is None:
@@ -144,31 +146,55 @@ def _pair_blocks(
                     accumulate_pair(out, fu, fv, compute)
 
 
-def _choose_block_size(
-    model: nn.Module,
-    x: torch.Tensor,
-    compute: str,
-    route: ConvRoute,
-    n_parts: int,
-    out_dtype: torch.dtype,
-) -> int:
+def _choose_block_size(job: _Job, n_parts: int) -> int:
     """Largest block whose features (two blocks) and tile parts fit in an eighth of the
-    device's total memory, from the feature size of a probe block of up to 4 samples.
-
-    The tile partition decides which GEMMs produce each kernel entry, hence its last bits:
-    it is derived from quantities fixed on a machine (never from the memory free right now)
-    so that the same call gives bitwise the same kernel whatever the machine's load."""
-    probe = _BlockFeatures(model, x, compute, route, block=4, cache_bytes=0)
-    xb = x[:4]
+    device's *total* memory (so the tiling, hence the bits, do not depend on the machine's
+    current load), from the feature size of a probe block of up to 4 samples."""
+    probe = _BlockFeatures(
+        job.model, job.x1, job.compute, job.route, block=4, cache_bytes=0, bn_eval=job.bn_eval
+    )
+    xb = job.x1[:4]
     _, nbytes = probe.compute_block(xb)
     per_sample = max(1, nbytes // xb.shape[0])
     k = probe.k or 1
-    kk = k * k if compute == "full" else (k if compute == "diagonal" else 1)
-    budget = total_memory_bytes(x.device) // 8
-    esize = torch.finfo(out_dtype).bits // 8
+    kk = k * k if job.compute == "full" else (k if job.compute == "diagonal" else 1)
+    budget = total_memory_bytes(job.x1.device) // 8
+    esize = torch.finfo(job.out_dtype).bits // 8
     by_features = budget // (4 * per_sample)
     by_tile = int(math.sqrt(budget / (4 * kk * esize * (n_parts + 1))))
-    return int(max(1, min(x.shape[0], by_features, by_tile, 4096)))
+    largest = int(max(1, min(job.x1.shape[0], by_features, by_tile, 4096)))
+    return balanced_block(job.x1.shape[0], largest)
+
+
+def balanced_block(n: int, largest: int) -> int:
+    """Block size for n samples with blocks of at most ``largest``: the fewest blocks, of
+    near-equal sizes (no ragged sliver of a tile), rounded up to a multiple of 32 when that
+    still respects ``largest``."""
+    count = -(-n // largest)
+    block = -(-n // count)
+    rounded = -(-block // 32) * 32
+    return rounded if rounded <= largest else block
+
+
+@dataclass
+class _Job:
+    """One validated request: the model (a dtype copy when asked), inputs and options."""
+
+    model: nn.Module
+    x1: torch.Tensor
+    x2: torch.Tensor | None
+    compute: str
+    route: ConvRoute
+    bn_eval: bool
+    out_dtype: torch.dtype
+
+    @property
+    def n2(self) -> int:
+        return self.x1.shape[0] if self.x2 is None else self.x2.shape[0]
+
+    @property
+    def symmetric(self) -> bool:
+        return self.x2 is None
 
 
 def _prepare(
@@ -179,11 +205,14 @@ def _prepare(
     implementation: str,
     dtype: torch.dtype | None,
     batchnorm: str,
-) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None]:
+    route: ConvRoute = "auto",
+) -> _Job:
     if compute not in COMPUTE_MODES:
         raise ValueError(f"compute must be one of {sorted(COMPUTE_MODES)}, got {compute!r}")
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if route not in ("auto", "ghost", "materialize"):
+        raise ValueError(f"conv_route must be 'auto', 'ghost' or 'materialize', got {route!r}")
     check_model(model, batchnorm)
     if dtype is not None:
         if dtype not in (torch.float32, torch.float64):
@@ -193,54 +222,65 @@ def _prepare(
         x1 = x1.to(dtype) if torch.is_tensor(x1) and x1.is_floating_point() else x1
         x2 = x2.to(dtype) if torch.is_tensor(x2) and x2.is_floating_point() else x2
     check_inputs(model, x1, x2)
-    return model, x1, x2
+    out_dtype = next(iter(trainable_parameters(model).values())).dtype
+    return _Job(model, x1, x2, compute, route, batchnorm == "eval", out_dtype)
 
 
-def _structured_tiles(
-    model: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
-    compute: str,
-    block_size: int | None,
-    route: ConvRoute,
-    want_parts: bool,
-    out_dtype: torch.dtype,
-) -> Iterator[tuple[Tile, dict[str, torch.Tensor]]]:
-    names = list(parametrised_modules(model))
+def _tiles(
+    job: _Job, block_size: int | None, want_parts: bool
+) -> Iterator[tuple[slice, slice, torch.Tensor, dict[str, torch.Tensor]]]:
+    """The tile producer: ``(rows, cols, total, parts)`` for every tile (upper triangle only
+    when x2 is None). No host synchronisation per tile; the model's state is only changed
+    (BatchNorms put in eval) inside each block's forward, never while suspended."""
+    names = list(parametrised_modules(job.model))
     if block_size is None:
-        block_size = _choose_block_size(
-            model, x1, compute, route, len(names) if want_parts else 0, out_dtype
-        )
-    if block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size}")
-    xs2 = x1 if x2 is None else x2
-    budget = available_memory_bytes(x1.device) // 8
+        block_size = _choose_block_size(job, len(names) if want_parts else 0)
+    x1, xs2 = job.x1, job.x1 if job.x2 is None else job.x2
+    budget = available_memory_bytes(x1.device) // 8  # feature cache: does not change bits
     # Row blocks are visited once each, so only the column blocks are worth caching (with
-    # x2=None the rows are the columns). The cache size follows the free memory: a cached
-    # block and a recomputed one hold the same bits, so it changes the speed, not the result.
-    rows = _BlockFeatures(model, x1, compute, route, block_size, budget if x2 is None else 0)
-    cols = rows if x2 is None else _BlockFeatures(model, xs2, compute, route, block_size, budget)
+    # x2=None the rows are the columns).
+    rows = _BlockFeatures(
+        job.model, x1, job.compute, job.route, block_size,
+        budget if job.symmetric else 0, job.bn_eval,
+    )  # fmt: skip
+    cols = (
+        rows
+        if job.symmetric
+        else _BlockFeatures(job.model, xs2, job.compute, job.route, block_size, budget, job.bn_eval)
+    )
     n_row_blocks = -(-x1.shape[0] // block_size)
     n_col_blocks = -(-xs2.shape[0] // block_size)
     for bi in range(n_row_blocks):
         f1 = rows.get(bi)
         r = slice(bi * block_size, min(x1.shape[0], (bi + 1) * block_size))
-        for bj in range(bi if x2 is None else 0, n_col_blocks):
+        for bj in range(bi if job.symmetric else 0, n_col_blocks):
             c = slice(bj * block_size, min(xs2.shape[0], (bj + 1) * block_size))
             k = rows.k
             assert k is not None
-            shape = gram_out_shape(r.stop - r.start, c.stop - c.start, k, compute)
+            shape = gram_out_shape(r.stop - r.start, c.stop - c.start, k, job.compute)
+            zeros = dict(dtype=job.out_dtype, device=x1.device)
             if want_parts:
-                parts = {n: torch.zeros(shape, dtype=out_dtype, device=x1.device) for n in names}
+                parts = {n: torch.zeros(shape, **zeros) for n in names}
                 targets = parts
             else:  # one accumulator shared by all modules: no per-module tiles in memory
-                parts = {TOTAL: torch.zeros(shape, dtype=out_dtype, device=x1.device)}
+                parts = {TOTAL: torch.zeros(shape, **zeros)}
                 targets = dict.fromkeys(names, parts[TOTAL])
-            symmetric = x2 is None and bi == bj
-            _pair_blocks(targets, f1, None if symmetric else cols.get(bj), compute)
-            if symmetric:  # exact symmetry on the diagonal tiles (routes without mirroring)
-                parts = {n: 0.5 * (p + transpose_tile(p, compute)) for n, p in parts.items()}
-            yield (r, c), parts
+            diagonal = job.symmetric and bi == bj
+            _pair_blocks(targets, f1, None if diagonal else cols.get(bj), job.compute)
+            if diagonal and (x1.device.type != "cpu" or _needs_symmetrising(f1)):
+                for part in parts.values():
+                    symmetrize_(part, job.compute)
+            yield r, c, _tile_total(parts), ({} if TOTAL in parts else parts)
+
+
+def _needs_symmetrising(features: dict[str, list[Features]]) -> bool:
+    """Whether a diagonal tile may come out not exactly symmetric on the CPU: the CPU Gram
+    kernel mirrors its upper triangle, but the ghost spatial contraction and the cross pairs
+    of a module used several times compute both triangles with different roundings. (On a
+    GPU the GEMM route computes both triangles of diagonal blocks: always symmetrised.)"""
+    return any(
+        len(uses) > 1 or isinstance(f, SpatialFeatures) for uses in features.values() for f in uses
+    )
 
 
 def _tile_total(parts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -254,6 +294,25 @@ def _tile_total(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     return total
 
 
+def _blocks(
+    job: _Job, block_size: int | None, consumers: list[Any], want_parts: bool
+) -> Iterator[tuple[slice, slice, torch.Tensor, dict[str, torch.Tensor]]]:
+    """The tile stream with its consumers fed: what ``ntk_blocks`` and ``empirical_ntk``
+    both iterate. Consumers were checked by the caller, before any work."""
+    want_parts = want_parts or wants_parts(consumers)
+    for r, c, total, parts in _tiles(job, block_size, want_parts):
+        for consumer in consumers:
+            feed(consumer, r, c, total, parts)
+        yield r, c, total, parts
+
+
+def _check_block_size(block_size: int | None) -> None:
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+
+
 def ntk_blocks(
     model: nn.Module,
     x1: torch.Tensor,
@@ -265,9 +324,10 @@ def ntk_blocks(
     return_layers: bool = False,
     batchnorm: Literal["error", "eval", "batch"] = "error",
     conv_route: ConvRoute = "auto",
-    bounds: StreamingBounds | None = None,
+    bounds: Any = None,
 ) -> Iterator[tuple[Tile, Any]]:
-    """Stream the structured empirical NTK tile by tile.
+    """Stream the structured empirical NTK tile by tile (the one producer of kernel tiles:
+    :func:`empirical_ntk` assembles what this yields).
 
     Yields ``((rows, cols), tile)`` with ``rows``/``cols`` slices of x1/x2 and ``tile`` the
     kernel block Θ(x1[rows], x2[cols]) in the layout of ``compute`` (see
@@ -275,25 +335,32 @@ def ntk_blocks(
     ``rows`` are yielded (the rest is their transpose, see :func:`transpose_tile`). With
     ``return_layers=True`` each tile is a pair ``(tile, parts)`` with ``parts`` a dict
     module name → that module's share of the tile. Memory: two blocks of features and one
-    tile (per part) at a time. ``bounds``: a :class:`StreamingBounds` fed every tile as it
-    passes (x2=None, compute "full" or "trace").
+    tile (per part) at a time. ``bounds``: a tile consumer (e.g. a
+    :class:`lplr_fast.StreamingBounds`) fed every tile as it passes.
+
+    Options are checked when the generator is created; the model is only touched (train-mode
+    BatchNorms put in eval with ``batchnorm="eval"``) while a block's forward runs.
     """
-    model, x1, x2 = _prepare(model, x1, x2, compute, "structured", dtype, batchnorm)
-    _check_stream(bounds, x1, x2, compute)
-    if batchnorm == "batch" and train_mode_batchnorms(model):
+    job = _prepare(model, x1, x2, compute, "structured", dtype, batchnorm, conv_route)
+    _check_block_size(block_size)
+    if batchnorm == "batch" and train_mode_batchnorms(job.model):
         raise ValueError(
             "batchnorm='batch' couples all samples of a batch and cannot be tiled; "
             "use empirical_ntk(..., batchnorm='batch') on the whole batch"
         )
-    out_dtype = next(iter(trainable_parameters(model).values())).dtype
-    want_parts = return_layers or (bounds is not None and bounds.per_layer)
-    with batchnorms_in_eval(model, batchnorm == "eval"):
-        for tile, parts in _structured_tiles(
-            model, x1, x2, compute, block_size, conv_route, want_parts, out_dtype
-        ):
-            total = _tile_total(parts)
-            _feed(bounds, tile, total, parts)
-            yield tile, ((total, parts) if return_layers else total)
+    consumers = [] if bounds is None else [bounds]
+    for consumer in consumers:
+        check_consumer(
+            consumer, n1=job.x1.shape[0], n2=job.n2, compute=job.compute, symmetric=job.symmetric
+        )
+    return _public_tiles(job, block_size, consumers, return_layers)
+
+
+def _public_tiles(
+    job: _Job, block_size: int | None, consumers: list[Any], return_layers: bool
+) -> Iterator[tuple[Tile, Any]]:
+    for r, c, total, parts in _blocks(job, block_size, consumers, return_layers):
+        yield (r, c), ((total, parts) if return_layers else total)
 
 
 def empirical_ntk(
@@ -309,7 +376,7 @@ def empirical_ntk(
     batchnorm: Literal["error", "eval", "batch"] = "error",
     out: torch.Tensor | np.ndarray | None = None,
     conv_route: ConvRoute = "auto",
-    bounds: bool | StreamingBounds | None = None,
+    bounds: Any = None,
 ) -> Any:
     """Empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of ``model``'s outputs w.r.t. its trainable
     parameters.
@@ -323,8 +390,8 @@ def empirical_ntk(
         implementation: "structured" (per-layer Gram identities, the fast path),
             "jacobian" (torch.func per-sample Jacobians + contraction) or "ntk_vp"
             (VJP/JVP NTK-vector products), the last two as references.
-        block_size: samples per tile side; default from the device's total memory (fixed
-            per machine: pass it explicitly for bitwise-equal kernels across machines).
+        block_size: samples per tile side; default from the problem's feature sizes and the
+            device's total memory (deterministic: the same on every run of one machine).
         dtype: compute in this dtype (the model is copied, never modified).
         return_layers: also return a dict module name → that module's contribution.
         batchnorm: BatchNorm in training mode: "error" (default) raises; "eval" uses running
@@ -333,111 +400,64 @@ def empirical_ntk(
         out: optional preallocated tensor or numpy array / memmap of the result's shape,
             filled tile by tile (structured only).
         conv_route: "auto" (cost model), "ghost" or "materialize" for conv layers.
-        bounds: a :class:`StreamingBounds` (n = len(x1)) fed every tile while the kernel is
-            computed (x2=None, compute "full" or "trace"): trace, Frobenius norm, diagonal
-            and Gershgorin bounds (and per-layer parts with ``per_layer=True``) without a
-            second pass over the kernel. ``bounds=True`` makes one (per-layer when
-            ``return_layers``) and returns it last.
+        bounds: a tile consumer (``update(rows, cols, tile, layer=None)``, e.g. a
+            :class:`lplr_fast.StreamingBounds` with n = len(x1)) fed every tile while the
+            kernel is computed: trace, Frobenius norm, diagonal and Gershgorin bounds (and
+            per-layer parts with ``per_layer=True``) without a second pass over the kernel.
+            ``bounds=True`` makes a StreamingBounds (per-layer when ``return_layers``) and
+            returns it last.
 
     Returns:
         The kernel (``out`` when given), then ``parts`` with ``return_layers`` and the
         :class:`StreamingBounds` with ``bounds=True``: ``kernel``, ``(kernel, parts)``,
         ``(kernel, stream)`` or ``(kernel, parts, stream)``.
     """
-    model, x1, x2 = _prepare(model, x1, x2, compute, implementation, dtype, batchnorm)
+    job = _prepare(model, x1, x2, compute, implementation, dtype, batchnorm, conv_route)
+    _check_block_size(block_size)
     if bounds is True:
-        stream = StreamingBounds(x1.shape[0], per_layer=return_layers)
-        _check_stream(stream, x1, x2, compute)
+        if _bounds_factory is None:
+            raise TypeError("bounds=True needs lplr_fast imported (it builds a StreamingBounds)")
+        stream = _bounds_factory(job.x1.shape[0], per_layer=return_layers)
         result = empirical_ntk(
-            model, x1, x2, compute=compute, implementation=implementation,
+            job.model, job.x1, job.x2, compute=compute, implementation=implementation,
             block_size=block_size, return_layers=return_layers, batchnorm=batchnorm, out=out,
             conv_route=conv_route, bounds=stream,
         )  # fmt: skip
         return (*result, stream) if return_layers else (result, stream)
-    bounds = bounds or None
-    _check_stream(bounds, x1, x2, compute)
-    out_dtype = next(iter(trainable_parameters(model).values())).dtype
-    coupled = batchnorm == "batch" and bool(train_mode_batchnorms(model))
+    consumers = [] if bounds is None or bounds is False else [bounds]
+    for consumer in consumers:
+        check_consumer(
+            consumer, n1=job.x1.shape[0], n2=job.n2, compute=job.compute, symmetric=job.symmetric
+        )
+    coupled = batchnorm == "batch" and bool(train_mode_batchnorms(job.model))
     if coupled or implementation != "structured":
         if out is not None:
             raise ValueError("out= is supported by implementation='structured' only")
-        with batchnorms_in_eval(model, batchnorm == "eval"):
-            if coupled:
-                parts = reference.batch_coupled_ntk(model, x1, x2, compute)
-            elif implementation == "jacobian":
-                parts = reference.jacobian_ntk(model, x1, x2, compute, block_size or x1.shape[0])
-            else:
-                parts = reference.ntk_vp(model, x1, x2, compute)
+        parts = _reference_parts(job, implementation, coupled, block_size)
         total = sum(parts.values())
-        whole = slice(0, x1.shape[0])
-        _feed(bounds, (whole, whole), total, parts)
+        whole1, whole2 = slice(0, job.x1.shape[0]), slice(0, job.n2)
+        for consumer in consumers:
+            feed(consumer, whole1, whole2, total, parts)
         return (total, parts) if return_layers else total
 
-    n2 = x1.shape[0] if x2 is None else x2.shape[0]
-    result: Any = out
-    layer_parts: dict[str, torch.Tensor] = {}
-    want_parts = return_layers or (bounds is not None and bounds.per_layer)
-    with batchnorms_in_eval(model, batchnorm == "eval"):
-        for (r, c), parts in _structured_tiles(
-            model, x1, x2, compute, block_size, conv_route, want_parts, out_dtype
-        ):
-            tile = _tile_total(parts)
-            _feed(bounds, (r, c), tile, parts)
-            if not layer_parts and r.start == 0 and c.start == 0:
-                k = 1 if compute == "trace" else tile.shape[2]
-                shape = gram_out_shape(x1.shape[0], n2, k, compute)
-                if result is None:
-                    result = torch.empty(shape, dtype=out_dtype, device=x1.device)
-                elif tuple(result.shape) != shape:
-                    raise ValueError(f"out has shape {tuple(result.shape)}, expected {shape}")
-            _write(result, r, c, tile)
-            if return_layers:
-                for name, part in parts.items():
-                    if name not in layer_parts:
-                        layer_parts[name] = torch.empty(
-                            result.shape, dtype=out_dtype, device=x1.device
-                        )
-                    _write(layer_parts[name], r, c, part)
-            if x2 is None and r != c:
-                _write(result, c, r, transpose_tile(tile, compute))
-                for name, part in parts.items() if return_layers else ():
-                    _write(layer_parts[name], c, r, transpose_tile(part, compute))
-    return (result, layer_parts) if return_layers else result
+    dense = DenseAssembly(
+        n1=job.x1.shape[0], n2=job.n2, compute=compute, symmetric=job.symmetric,
+        dtype=job.out_dtype, device=job.x1.device, out=out, per_layer=return_layers,
+    )  # fmt: skip
+    for r, c, total, parts in _blocks(job, block_size, [*consumers, dense], return_layers):
+        del r, c, total, parts  # the consumers did the work
+    dense.finish()
+    return (dense.result, dense.parts) if return_layers else dense.result
 
 
-def _check_stream(
-    bounds: StreamingBounds | None, x1: torch.Tensor, x2: torch.Tensor | None, compute: str
-) -> None:
-    if bounds is None:
-        return
-    if not isinstance(bounds, StreamingBounds):
-        raise TypeError(f"bounds must be a StreamingBounds, got {type(bounds).__name__}")
-    if x2 is not None or compute == "diagonal" or not bounds.upper:
-        raise ValueError(
-            "bounds= needs the symmetric kernel (x2=None), compute 'full' or 'trace', and a "
-            "StreamingBounds(upper=True)"
-        )
-    if bounds.n != x1.shape[0]:
-        raise ValueError(f"bounds was made for n={bounds.n} samples, x1 has {x1.shape[0]}")
-
-
-def _feed(
-    bounds: StreamingBounds | None,
-    tile: Tile,
-    total: torch.Tensor,
-    parts: dict[str, torch.Tensor],
-) -> None:
-    if bounds is None:
-        return
-    r, c = tile
-    bounds.update(r, c, total)
-    if bounds.per_layer:
-        for name, part in parts.items():
-            bounds.update(r, c, part, layer=name)
-
-
-def _write(dest: torch.Tensor | np.ndarray, r: slice, c: slice, tile: torch.Tensor) -> None:
-    if isinstance(dest, np.ndarray):
-        dest[r, c] = tile.detach().cpu().numpy()
-    else:
-        dest[r, c] = tile
+def _reference_parts(
+    job: _Job, implementation: str, coupled: bool, block_size: int | None
+) -> dict[str, torch.Tensor]:
+    with batchnorms_in_eval(job.model, job.bn_eval):
+        if coupled:
+            return reference.batch_coupled_ntk(job.model, job.x1, job.x2, job.compute)
+        if implementation == "jacobian":
+            return reference.jacobian_ntk(
+                job.model, job.x1, job.x2, job.compute, block_size or job.x1.shape[0]
+            )
+        return reference.ntk_vp(job.model, job.x1, job.x2, job.compute)

@@ -46,7 +46,8 @@ class NTKOperator:
     ) -> None:
         if batchnorm not in ("error", "eval"):
             raise ValueError(f"NTKOperator supports batchnorm='error' or 'eval', got {batchnorm!r}")
-        model, x, _ = _prepare(model, x, None, "full", "ntk_vp", dtype, batchnorm)
+        job = _prepare(model, x, None, "full", "ntk_vp", dtype, batchnorm)
+        model, x = job.model, job.x1
         if train_mode_batchnorms(model) and batchnorm != "eval":
             raise ValueError("BatchNorm in train mode: pass batchnorm='eval'")
         if chunk_size is not None and chunk_size < 1:

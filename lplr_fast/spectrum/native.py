@@ -1,6 +1,8 @@
-"""Memory-bound reductions behind the eigenvalue bounds: the C++ kernels of ``lplr_fast._C``
-on CPU tensors, the same quantities from PyTorch expressions elsewhere (CUDA: elementwise
-passes are already bandwidth-bound there) or when the compiled module is unavailable.
+"""Memory-bound reductions behind the eigenvalue bounds: the operators
+``torch.ops.lplr.{tile_stats, square_stats, symv_upper, abs_quadratic}`` of ``lplr_fast._C``
+(OpenMP kernels on CPU, device-generic ATen passes on CUDA; fixed summation order, so
+repeated calls are bitwise identical), or the same quantities from PyTorch expressions when
+the compiled module is unavailable.
 
 All sums are accumulated in float64 whatever the input dtype.
 """
@@ -14,10 +16,9 @@ import torch
 from .. import _backend
 
 
-def _native_for(t: torch.Tensor):
-    if t.device.type != "cpu":
-        return None
-    return _backend.native()
+def _native_for(t: torch.Tensor) -> bool:
+    """Whether the compiled operators can take ``t`` (its device is supported)."""
+    return _backend.supports(t.device)
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,10 @@ def _diag_mask(r: int, c: int, row0: int, col0: int, device: torch.device) -> to
 
 def tile_stats(tile: torch.Tensor, row0: int, col0: int) -> TileStats:
     """One pass over a 2-D tile (float32/float64) placed at (row0, col0)."""
-    module = _native_for(tile)
-    if module is not None:
-        scalars, row_abs, col_abs = module.tile_stats(tile, int(row0), int(col0))
+    if _native_for(tile):
+        scalars, row_abs, col_abs = torch.ops.lplr.tile_stats(tile, int(row0), int(col0))
         bad, sumsq, max_abs, diag = scalars.tolist()
-        return TileStats(int(bad), sumsq, max_abs, diag, row_abs, col_abs)
+        return TileStats(int(bad), sumsq, max_abs, diag, row_abs.cpu(), col_abs.cpu())
     t = tile.double()
     finite = torch.isfinite(t)
     t = torch.where(finite, t, torch.zeros((), dtype=t.dtype, device=t.device))
@@ -81,11 +81,10 @@ class SquareStats:
 
 def square_stats(a: torch.Tensor) -> SquareStats:
     """One pass over a square 2-D float32/float64 matrix."""
-    module = _native_for(a)
-    if module is not None:
-        scalars, row_abs = module.square_stats(a)
+    if _native_for(a):
+        scalars, row_abs = torch.ops.lplr.square_stats(a)
         bad, asym2, fro2, max_abs, trace, max_diag = scalars.tolist()
-        return SquareStats(int(bad), asym2**0.5, fro2**0.5, max_abs, trace, max_diag, row_abs)
+        return SquareStats(int(bad), asym2**0.5, fro2**0.5, max_abs, trace, max_diag, row_abs.cpu())
     t = a.double()
     finite = torch.isfinite(t)
     t = torch.where(finite, t, torch.zeros((), dtype=t.dtype, device=t.device))
@@ -104,17 +103,15 @@ def square_stats(a: torch.Tensor) -> SquareStats:
 def symv_upper(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """S v with S the symmetric matrix holding the upper triangle of ``a`` (n, n); the strict
     lower triangle is not read. ``v``: (n,) or (n, m), same dtype as ``a``."""
-    module = _native_for(a)
-    if module is not None and v.device.type == "cpu" and v.dtype == a.dtype:
-        return module.symv_upper(a, v)
+    if _native_for(a) and v.device == a.device and v.dtype == a.dtype:
+        return torch.ops.lplr.symv_upper(a, v)
     upper = torch.triu(a)
     return upper @ v + torch.triu(a, 1).T @ v
 
 
 def abs_quadratic(a: torch.Tensor, v: torch.Tensor) -> float:
     """|v|ᵀ|A||v| in float64 for a square ``a`` and a vector ``v`` (no |A| is formed on CPU)."""
-    module = _native_for(a)
-    if module is not None and v.device.type == "cpu":
-        return float(module.abs_quadratic(a, v))
+    if _native_for(a) and v.device == a.device:
+        return float(torch.ops.lplr.abs_quadratic(a, v))
     w = v.double().abs()
     return float(w @ (a.double().abs() @ w))

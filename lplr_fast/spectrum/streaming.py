@@ -85,6 +85,17 @@ class StreamingBounds:
         self._layers: dict[str, _Accumulator] = {}
         self.tiles = 0
 
+    def expect(self, *, n1: int, n2: int, compute: str, symmetric: bool) -> None:
+        """Called by the NTK tile stream before its first tile: it must be the upper triangle
+        of this n-sample kernel (x2=None, compute "full" or "trace")."""
+        if not symmetric or compute == "diagonal" or not self.upper:
+            raise ValueError(
+                "bounds= needs the symmetric kernel (x2=None), compute 'full' or 'trace', and "
+                "a StreamingBounds(upper=True)"
+            )
+        if n1 != self.n:
+            raise ValueError(f"bounds was made for n={self.n} samples, x1 has {n1}")
+
     def _acc(self, layer: str | None, k: int) -> _Accumulator:
         if self.k is None:
             self.k = k
