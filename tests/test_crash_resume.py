@@ -2,8 +2,7 @@
 initialisation, steps, NTK steps, checkpoint writes) resumes on the next invocation and ends
 with files bitwise identical to an uninterrupted run's; rerunning a finished run is a no-op.
 
-Real subprocesses, real SIGKILL. The child processes run on one thread: bitwise equality at
-the default thread count also needs the C++ fixed-order reductions (see test_determinism).
+Real subprocesses, real SIGKILL, at the default thread count.
 ``LPLR_KILL_TEST_SEED=...`` draws other kill schedules (for repeated runs).
 """
 
@@ -123,7 +122,7 @@ def uninterrupted(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
         folder = tmp_path_factory.mktemp(name)
         config = folder / "run.toml"
         config.write_text(text)
-        _run_to_end(config, folder / "reference", _env(threads=1))
+        _run_to_end(config, folder / "reference", _env(threads=None))
         runs[name] = (config, folder / "reference")
     return runs
 
@@ -132,7 +131,7 @@ def uninterrupted(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkill_at_random_moments_resumes_bitwise(name, seed, tmp_path, uninterrupted):
     config, reference = uninterrupted[name]
-    env = _env(threads=1)
+    env = _env(threads=None)
     out = tmp_path / "killed"
     schedule = random.Random(f"{name}-{seed}-{os.environ.get('LPLR_KILL_TEST_SEED', '')}")
     kills = _run_with_kills(config, out, env, schedule)
