@@ -68,7 +68,9 @@ def _ablation(rows: list[dict[str, Any]]) -> dict[str, Any]:
         )
         for reduced in runs[1:]:
             d_fixed, d_red = fixed["final_param_drift"], reduced["final_param_drift"]
-            ratio = d_fixed / d_red if _finite(d_fixed) and _finite(d_red) and d_red > 0 else math.nan
+            ratio = (
+                d_fixed / d_red if _finite(d_fixed) and _finite(d_red) and d_red > 0 else math.nan
+            )
             comparisons.append(
                 {
                     "width": width,
@@ -173,7 +175,9 @@ def _width_scaling(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "(theory: O(1), p ≈ 0)",
     ]
     if excluded:
-        lines.append(f"{excluded} run(s) not completed (diverged or interrupted) left out of the fits")
+        lines.append(
+            f"{excluded} run(s) not completed (diverged or interrupted) left out of the fits"
+        )
     return {"per_width": per_width, "ntk_drift_fit": ntk_fit, "param_drift_fit": drift_fit,
             "lines": lines}  # fmt: skip
 

@@ -100,7 +100,9 @@ def build_model(model: dict[str, Any], x: torch.Tensor, k: int, dtype: torch.dty
         )
     else:
         if x.dim() != 4:
-            raise ValueError(f"model.kind = 'resnet' needs (n, C, H, W) images, got {tuple(x.shape)}")
+            raise ValueError(
+                f"model.kind = 'resnet' needs (n, C, H, W) images, got {tuple(x.shape)}"
+            )
         widths = [model["width"] * 2**s for s in range(model["depth"])]
         net = ResNetCNN(x.shape[1], k, widths, model["blocks_per_stage"], model["norm"])
         if model["norm"] == "batch":

@@ -283,7 +283,9 @@ def check_value(dotted: str, value: Any, where: str) -> Any:
         expected = "a number or 'auto'" if dotted == "train.lr" else type(default).__name__
         raise ConfigError(f"{where}: {dotted} = {value!r} has the wrong type (expected {expected})")
     if dotted in CHOICES and value not in CHOICES[dotted]:
-        raise ConfigError(f"{where}: {dotted} must be one of {list(CHOICES[dotted])}, got {value!r}")
+        raise ConfigError(
+            f"{where}: {dotted} must be one of {list(CHOICES[dotted])}, got {value!r}"
+        )
     if dotted == "data.fallback":
         for v in value:
             check_value("data.dataset", v, where)
@@ -331,7 +333,9 @@ def parse_config(text: str, source: str, default_name: str = "study") -> StudyCo
             raise ConfigError(f"{source}: [{section}] must be a table")
         bad = sorted(set(given) - set(defaults))
         if bad:
-            raise ConfigError(f"{source}: unknown key(s) {bad} in [{section}]; known: {sorted(defaults)}")
+            raise ConfigError(
+                f"{source}: unknown key(s) {bad} in [{section}]; known: {sorted(defaults)}"
+            )
         base[section] = copy.deepcopy(defaults)
         for key, value in given.items():
             base[section][key] = check_value(f"{section}.{key}", value, source)
@@ -348,7 +352,9 @@ def parse_config(text: str, source: str, default_name: str = "study") -> StudyCo
             targets = _targets(name)
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{source}: [[grid]] axis {name!r} must be a non-empty list")
-            checked[name] = [check_value(targets[0], v, f"{source} [[grid]] {name}") for v in values]
+            checked[name] = [
+                check_value(targets[0], v, f"{source} [[grid]] {name}") for v in values
+            ]
         grids.append(checked)
     quick = raw.get("quick", {})
     if not isinstance(quick, dict):
@@ -357,7 +363,9 @@ def parse_config(text: str, source: str, default_name: str = "study") -> StudyCo
     for name, value in quick.items():
         if _is_axis_override(name, value):
             if name not in grid_axes:
-                raise ConfigError(f"{source}: [quick] {name} is a list but no [[grid]] has that axis")
+                raise ConfigError(
+                    f"{source}: [quick] {name} is a list but no [[grid]] has that axis"
+                )
             for v in value:
                 check_value(_targets(name)[0], v, f"{source} [quick] {name}")
         else:

@@ -301,9 +301,11 @@ def run_study(
                     pdir,
                     images,
                     device,
-                    on_start=lambda p, r: bar.write(f"{p.label}: {r['data']}; lr = {r['lr']:.4g}")
-                    if progress
-                    else None,
+                    on_start=lambda p, r: (
+                        bar.write(f"{p.label}: {r['data']}; lr = {r['lr']:.4g}")
+                        if progress
+                        else None
+                    ),
                 )
                 if row is None:
                     status = f"interrupted at point {point.label} ({run_status})"
