@@ -89,15 +89,17 @@ def _ablation(rows: list[dict[str, Any]]) -> dict[str, Any]:
             )
     ref = STUDY_ABLATION
     headline = ""
-    at_ref = [c for c in comparisons if c["width"] == ref["width"]]
-    if at_ref:
-        c = min(at_ref, key=lambda c: c["lr_reduced"])
+    compared = sorted({c["width"] for c in comparisons})
+    if compared:  # width 1024 as in the study, else the widest width run with both steps
+        width = ref["width"] if ref["width"] in compared else compared[-1]
+        c = min((c for c in comparisons if c["width"] == width), key=lambda c: c["lr_reduced"])
         headline = (
-            f"width {ref['width']}: final drift {_fmt(c['drift_fixed'], '.3f')} (lr "
+            f"width {width}: final drift {_fmt(c['drift_fixed'], '.3f')} (lr "
             f"{c['lr_fixed']:.3g}) → {_fmt(c['drift_reduced'], '.3f')} (lr {c['lr_reduced']:.3g}), "
-            f"×{_fmt(c['drift_ratio'], '.2f')}; the study reports {ref['drift_fixed']:.3f} → "
-            f"{ref['drift_reduced']:.3f} (×{ref['drift_fixed'] / ref['drift_reduced']:.1f}); PL "
-            f"envelope {_fmt(c['envelope_fixed'])} → {_fmt(c['envelope_reduced'])}"
+            f"×{_fmt(c['drift_ratio'], '.2f')}; the study reports, at width {ref['width']}, "
+            f"{ref['drift_fixed']:.3f} → {ref['drift_reduced']:.3f} "
+            f"(×{ref['drift_fixed'] / ref['drift_reduced']:.1f}); PL envelope "
+            f"{_fmt(c['envelope_fixed'])} → {_fmt(c['envelope_reduced'])}"
         )
         lines.insert(0, headline)
     return {"widths": widths, "comparisons": comparisons, "headline": headline, "lines": lines}
@@ -131,8 +133,14 @@ def fit_power_law(widths: list[float], values: list[float]) -> dict[str, Any]:
 
     pairs = [(w, v) for w, v in zip(widths, values, strict=True) if _finite(v) and v > 0 and w > 0]
     if len(pairs) < 3 or len({w for w, _ in pairs}) < 2:
-        return {"exponent": math.nan, "stderr": math.nan, "ci95": [math.nan, math.nan],
-                "intercept": math.nan, "r2": math.nan, "points": len(pairs)}  # fmt: skip
+        return {
+            "exponent": math.nan,
+            "stderr": math.nan,
+            "ci95": [math.nan, math.nan],
+            "intercept": math.nan,
+            "r2": math.nan,
+            "points": len(pairs),
+        }
     x = np.log([w for w, _ in pairs])
     y = np.log([v for _, v in pairs])
     fit = stats.linregress(x, y)
@@ -155,8 +163,14 @@ def _width_scaling(rows: list[dict[str, Any]]) -> dict[str, Any]:
     per_width = []
     for width in sorted(by_width):
         entry: dict[str, Any] = {"width": width, "seeds": len(by_width[width])}
-        for name in ("lambda0", "ntk_rel_drift_final", "final_param_drift", "pl_envelope",
-                     "fitted_rate", "lr_beta0"):  # fmt: skip
+        for name in (
+            "lambda0",
+            "ntk_rel_drift_final",
+            "final_param_drift",
+            "pl_envelope",
+            "fitted_rate",
+            "lr_beta0",
+        ):
             vals = [r[name] for r in by_width[width] if _finite(r[name])]
             entry[name] = float(np.mean(vals)) if vals else math.nan
             entry[f"{name}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
@@ -178,8 +192,12 @@ def _width_scaling(rows: list[dict[str, Any]]) -> dict[str, Any]:
         lines.append(
             f"{excluded} run(s) not completed (diverged or interrupted) left out of the fits"
         )
-    return {"per_width": per_width, "ntk_drift_fit": ntk_fit, "param_drift_fit": drift_fit,
-            "lines": lines}  # fmt: skip
+    return {
+        "per_width": per_width,
+        "ntk_drift_fit": ntk_fit,
+        "param_drift_fit": drift_fit,
+        "lines": lines,
+    }
 
 
 def analyse(kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -347,6 +347,8 @@ def parse_config(text: str, source: str, default_name: str = "study") -> StudyCo
     for i, grid in enumerate(grids_raw):
         if not isinstance(grid, dict) or not grid:
             raise ConfigError(f"{source}: [[grid]] table {i + 1} must map axis names to lists")
+        if "lr" in grid and "lr_beta" in grid:
+            raise ConfigError(f"{source}: a [[grid]] cannot have both lr and lr_beta axes")
         checked: dict[str, list[Any]] = {}
         for name, values in grid.items():
             targets = _targets(name)
@@ -395,7 +397,7 @@ def shipped_experiments() -> list[str]:
 def load_study(name_or_path: str | Path) -> StudyConfig:
     """A shipped experiment by name (see :func:`shipped_experiments`) or a TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         return parse_config(path.read_text(), str(path), path.stem)

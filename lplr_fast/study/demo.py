@@ -85,8 +85,12 @@ def run_demo(
     """Run (or resume) the demo study in ``out_dir``; returns the result and the report path
     (None when the study was interrupted)."""
     result = run_study(
-        load_study("demo"), out_dir, quick=quick, data_dir=data_dir, device=device,
+        load_study("demo"),
+        out_dir,
+        quick=quick,
+        data_dir=data_dir,
+        device=device,
         progress=progress,
-    )  # fmt: skip
+    )
     report = write_report(out_dir) if result.status == "completed" else None
     return result, report

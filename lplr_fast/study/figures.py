@@ -54,8 +54,12 @@ def _suboptimality(ax, run: RunResult) -> None:
     mu = certificate_fields(run)["pl_cert_min"]
     lr = float(run.config.get("lr", math.nan))
     if t and math.isfinite(mu) and mu > 0 and math.isfinite(lr) and lr * mu < 1:
-        ax.semilogy(t, [sub[0] * (1 - lr * mu) ** (s - t[0]) for s in t], "--",
-                    label=f"(L₀ − L*)(1 − η·μ)^t, μ = {mu:.3g} (certified)")  # fmt: skip
+        ax.semilogy(
+            t,
+            [sub[0] * (1 - lr * mu) ** (s - t[0]) for s in t],
+            "--",
+            label=f"(L₀ − L*)(1 − η·μ)^t, μ = {mu:.3g} (certified)",
+        )
     ax.set(xlabel="step", ylabel="suboptimality", title="Suboptimality and predicted envelope")
     ax.legend(fontsize=7)
 
@@ -179,8 +183,14 @@ def scaling_figure(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> byte
             for q in (lo, hi):
                 ax.loglog(grid, np.exp(a) * mid**p * (grid / mid) ** q, ":", color="C1", lw=1)
             if name == "ntk_rel_drift_final":
-                ax.loglog(grid, np.exp(a) * mid**p * (grid / mid) ** -0.5, "--", color="gray",
-                          lw=1, label="slope −1/2 (lazy training)")  # fmt: skip
+                ax.loglog(
+                    grid,
+                    np.exp(a) * mid**p * (grid / mid) ** -0.5,
+                    "--",
+                    color="gray",
+                    lw=1,
+                    label="slope −1/2 (lazy training)",
+                )
         ax.set(xlabel="width", ylabel=ylabel)
         ax.legend(fontsize=7)
     ax1.set_title("Relative NTK drift vs width (95% slope band dotted)")
