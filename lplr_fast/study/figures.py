@@ -54,12 +54,11 @@ def _suboptimality(ax, run: RunResult) -> None:
     mu = certificate_fields(run)["pl_cert_min"]
     lr = float(run.config.get("lr", math.nan))
     if t and math.isfinite(mu) and mu > 0 and math.isfinite(lr) and lr * mu < 1:
-        ax.semilogy(
-            t,
-            [sub[0] * (1 - lr * mu) ** (s - t[0]) for s in t],
-            "--",
-            label=f"(L₀ − L*)(1 − η·μ)^t, μ = {mu:.3g} (certified)",
-        )
+        label = f"(L₀ − L*)(1 − η·μ)^t, μ = {mu:.3g} (certified)"
+        beta0 = next((v for v in run.column("lambda_max_upper") if math.isfinite(v)), math.nan)
+        if math.isfinite(beta0) and lr * beta0 > 1:
+            label += f"\nneeds η ≤ 1/β; here η·β₀ = {lr * beta0:.3g}"
+        ax.semilogy(t, [sub[0] * (1 - lr * mu) ** (s - t[0]) for s in t], "--", label=label)
     ax.set(xlabel="step", ylabel="suboptimality", title="Suboptimality and predicted envelope")
     ax.legend(fontsize=7)
 

@@ -128,20 +128,22 @@ def _study_sections(folder: Path) -> tuple[str, list[str]]:
     parts.append(f"<h2>Verdicts</h2><ul>{verdicts}</ul>")
     parts.append("<h2>Figures</h2>")
     runs = {
-        r["point"]: RunResult.load(folder / "points" / r["folder"] / "run")
+        r["folder"]: RunResult.load(folder / "points" / r["folder"] / "run")
         for r in rows
         if (folder / "points" / r["folder"] / "run" / "summary.json").is_file()
     }
+    labels = {r["folder"]: r["point"] for r in rows}
     kind = analysis.get("kind", study.get("analysis"))
     if kind == "width-scaling" and rows:
         parts.append(_img(figures.scaling_figure(rows, analysis), "width scaling"))
     if kind == "ablation" and rows:
         parts.append(_img(figures.ablation_figure(rows), "width ablation"))
     if len(runs) > 1:
-        parts.append(_img(figures.overlay_suboptimality(list(runs.items())), "suboptimality"))
+        overlay = [(labels[f], run) for f, run in runs.items()]
+        parts.append(_img(figures.overlay_suboptimality(overlay), "suboptimality"))
     for r in _panel_points(rows):
-        if r["point"] in runs:
-            parts.append(_img(figures.run_panels(runs[r["point"]], r["point"]), r["point"]))
+        if r["folder"] in runs:
+            parts.append(_img(figures.run_panels(runs[r["folder"]], r["point"]), r["point"]))
     if len(rows) > MAX_RUN_PANELS:
         parts.append(f'<p class="note">Per-run figures shown for {MAX_RUN_PANELS} runs.</p>')
     config = html.escape(study.get("text", ""))

@@ -19,9 +19,12 @@ at most the steps since the last checkpoint of the point that was running.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +90,10 @@ class StudyResult:
     status: str
     analysis: dict[str, Any] = field(default_factory=dict)
     reused: int = 0
+
+
+class StudyLockedError(RuntimeError):
+    """Another process is running a study in the same output folder."""
 
 
 def _finite(v: Any) -> bool:
@@ -269,13 +276,44 @@ def run_study(
     device: str = "cpu",
     progress: bool = True,
 ) -> StudyResult:
-    """Run every point of ``study`` not yet finished in ``out_dir`` (module docstring)."""
+    """Run every point of ``study`` not yet finished in ``out_dir`` (module docstring).
+    One process at a time per folder (a lock file; a second one gets StudyLockedError)."""
+    out = Path(out_dir)
+    points = study.points(quick=quick)
+    with _exclusive(out):
+        return _run_points(study, out, points, quick, data_dir, device, progress)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out/.lock`` (released by the OS if the process dies)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyLockedError(
+                f"{out} is in use by another lplr-fast process; wait for it or use another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _run_points(
+    study: StudyConfig,
+    out: Path,
+    points: list[Point],
+    quick: bool,
+    data_dir: str | Path | None,
+    device: str,
+    progress: bool,
+) -> StudyResult:
     from tqdm.auto import tqdm
 
     from .analysis import analyse
 
-    out = Path(out_dir)
-    points = study.points(quick=quick)
     atomic_write_json(
         out / "study.json",
         {
