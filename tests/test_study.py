@@ -384,3 +384,35 @@ def test_cli_cuda_without_device(tmp_path, capsys):
         pytest.skip("a CUDA device is present")
     assert main(["run", "demo", "--quick", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_diverged_point_in_table_analysis_and_report(tmp_path):
+    """A diverging point is finished (not retried), reported as diverged, and its non-finite
+    values survive the JSON round trip into the analysis, the figures and the report."""
+    text = """
+[experiment]
+analysis = "ablation"
+[data]
+dataset = "teacher"
+n_per_class = 8
+[model]
+depth = 1
+[train]
+steps = 60
+[diagnostics]
+ntk_every = 20
+[[grid]]
+width = [16, 32]
+lr = [500.0, 0.05]
+"""
+    study = parse_config(text, "diverge.toml")
+    first = run_study(study, tmp_path, progress=False)
+    statuses = {r["point"]: r["status"] for r in first.rows}
+    assert statuses["width=16 lr=500.0"].startswith("diverged")
+    assert statuses["width=16 lr=0.05"] == "completed"
+    again = run_study(study, tmp_path, progress=False)
+    assert again.reused == 4
+    assert again.analysis["lines"] == first.analysis["lines"]
+    page = write_report(tmp_path).read_text()
+    assert "diverged at step" in page and page.count("data:image/png;base64,") >= 6
+    assert compact_table(again.rows) == compact_table(first.rows)

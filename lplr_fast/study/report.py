@@ -21,6 +21,7 @@ from .._backend import backend_info
 from ..training import RunResult
 from ..training.io import atomic_write_bytes
 from . import figures
+from .runner import load_rows
 
 REPORT_NAME = "report.html"
 MAX_RUN_PANELS = 12
@@ -99,7 +100,7 @@ def _panel_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _study_sections(folder: Path) -> tuple[str, list[str]]:
     study = _load_json(folder / "study.json")
-    rows = _load_json(folder / "table.json") or []
+    rows = load_rows(folder / "table.json")
     analysis = _load_json(folder / "analysis.json") or {}
     title = f"{study['name']}{' (--quick)' if study.get('quick') else ''}"
     parts = [f"<p>{html.escape(study.get('description', ''))}</p>"]

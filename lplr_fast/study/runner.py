@@ -252,11 +252,26 @@ def run_point(
     return row, status
 
 
+def restore_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row read back from JSON: null → NaN, "inf"/"-inf" → ±inf (the JSON writer's
+    encoding of non-finite numbers)."""
+    return {
+        k: math.nan if v is None else float(v) if v in ("inf", "-inf") else v
+        for k, v in row.items()
+    }
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a table.json, restored (see :func:`restore_row`); [] if it is missing."""
+    rows = _read_json(path)
+    return [restore_row(r) for r in rows] if isinstance(rows, list) else []
+
+
 def finished_row(point: Point, pdir: Path) -> dict[str, Any] | None:
     """The saved row of a finished point, or None (not finished, or another configuration)."""
     row = _read_json(pdir / "row.json")
     if isinstance(row, dict) and row.get("key") == point.key:
-        return row
+        return restore_row(row)
     return None
 
 
