@@ -85,6 +85,20 @@ def _study_options(cmd: argparse.ArgumentParser) -> None:
         "(IDX), cifar-10-batches-py/",
     )
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo = cmd.prog.endswith(" demo")
+    cmd.add_argument(
+        "--threads",
+        type=int,
+        default=1 if demo else None,
+        help="CPU threads for torch (default: "
+        + (
+            "1: the demo's models are small, and on a shared machine a spinning thread pool "
+            "costs more than it gains"
+            if demo
+            else "torch's default"
+        )
+        + ")",
+    )
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -103,6 +117,11 @@ def _study(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"lplr-fast {args.command}: --threads must be ≥ 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     try:
         study = load_study("demo" if args.command == "demo" else args.config)
         result = run_study(

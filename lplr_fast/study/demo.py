@@ -56,6 +56,10 @@ def compact_table(rows: list[dict[str, Any]]) -> str:
     """The demo's table as aligned text, one line per run."""
     cells = [[title for _, title in DEMO_COLUMNS]]
     for r in rows:
+        if str(r.get("status", "")).startswith("diverged"):  # later values mean nothing
+            r = {
+                k: v for k, v in r.items() if k in ("width", "lr", "lr_beta0", "lambda0", "status")
+            }
         values = {
             **r,
             "rate": f"{_num(r.get('fitted_rate'))} / {_num(r.get('predicted_rate'))}"

@@ -21,6 +21,7 @@ from .._backend import backend_info
 from ..training import RunResult
 from ..training.io import atomic_write_bytes
 from . import figures
+from .analysis import analyse
 from .runner import load_rows
 
 REPORT_NAME = "report.html"
@@ -101,7 +102,9 @@ def _panel_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _study_sections(folder: Path) -> tuple[str, list[str]]:
     study = _load_json(folder / "study.json")
     rows = load_rows(folder / "table.json")
-    analysis = _load_json(folder / "analysis.json") or {}
+    saved = _load_json(folder / "analysis.json") or {}
+    # recomputed from the table (a pure function of it), so the report follows the code
+    analysis = {**analyse(study.get("analysis", "runs"), rows), "status": saved.get("status", "")}
     title = f"{study['name']}{' (--quick)' if study.get('quick') else ''}"
     parts = [f"<p>{html.escape(study.get('description', ''))}</p>"]
     status = analysis.get("status", "")
