@@ -1,4 +1,6 @@
-"""Command line: ``lplr-fast demo`` (the default job), ``train``, ``plot`` and ``info``."""
+"""Command line: ``lplr-fast demo`` (the main job: a short LPLR study on binary MNIST with an
+HTML report), ``run`` (an experiment), ``sweep`` (a grid), ``report``, ``train``, ``plot``,
+``ntk-check`` (one NTK against the torch.func reference) and ``info``."""
 
 from __future__ import annotations
 
@@ -13,19 +15,43 @@ from .data import DATASETS
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lplr-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="NTK + certified eigenvalue demo on a built-in dataset")
-    demo.add_argument("--n", type=int, default=256, help="number of samples (default 256)")
-    demo.add_argument("--width", type=int, default=512, help="hidden width (default 512)")
-    demo.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
-    demo.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument(
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: binary MNIST, three widths at a fixed and a reduced step, with LPLR "
+        "diagnostics, a table and an HTML report",
+    )
+    demo.add_argument("--out", default="lplr-demo", help="output folder (default ./lplr-demo)")
+    _study_options(demo)
+    for name, help_text in (
+        (
+            "run",
+            "run an experiment: a shipped name (see --help) or a TOML file; writes the HTML report",
+        ),
+        ("sweep", "run the grid of a TOML config (widths × seeds × steps × datasets), resumably"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("config", help=f"TOML file or shipped experiment ({_shipped()})")
+        cmd.add_argument("--out", required=True, help="output folder (rerun to resume)")
+        _study_options(cmd)
+    report = sub.add_parser("report", help="self-contained HTML report of a study or run folder")
+    report.add_argument("folder")
+    report.add_argument("--out", default=None, help="HTML file (default FOLDER/report.html)")
+    check = sub.add_parser(
+        "ntk-check",
+        help="one NTK against the torch.func reference, with certified eigenvalue brackets",
+    )
+    check.add_argument("--n", type=int, default=256, help="number of samples (default 256)")
+    check.add_argument("--width", type=int, default=512, help="hidden width (default 512)")
+    check.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
+    check.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    check.add_argument("--seed", type=int, default=0)
+    check.add_argument(
         "--dataset",
         choices=sorted(DATASETS),
         default="teacher",
         help="built-in dataset (default teacher)",
     )
-    demo.add_argument(
+    check.add_argument(
         "--no-reference",
         action="store_true",
         help="skip the torch.func reference (faster for large n)",
@@ -46,6 +72,102 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR)")
     return parser
+
+
+def _shipped() -> str:
+    from .study import shipped_experiments
+
+    return ", ".join(shipped_experiments())
+
+
+def _study_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--quick", action="store_true", help="the shrunken version ([quick])")
+    cmd.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    cmd.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with dataset files (default $LPLR_DATA_DIR): mnist/, fashion-mnist/ "
+        "(IDX), cifar-10-batches-py/",
+    )
+    cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo = cmd.prog.endswith(" demo")
+    cmd.add_argument(
+        "--threads",
+        type=int,
+        default=1 if demo else None,
+        help="CPU threads for torch (default: "
+        + (
+            "1: the demo's models are small, and on a shared machine a spinning thread pool "
+            "costs more than it gains"
+            if demo
+            else "torch's default"
+        )
+        + ")",
+    )
+
+
+def _study(args: argparse.Namespace) -> int:
+    """run / sweep / demo: run the study, print findings, write the report (run, demo)."""
+    import torch
+
+    from .data import DatasetNotFoundError
+    from .study import ConfigError, load_study, run_study
+    from .study.demo import compact_table
+    from .study.report import write_report
+    from .study.runner import StudyLockedError
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"lplr-fast {args.command}: --device {args.device} but no CUDA device is available",
+            file=sys.stderr,
+        )
+        return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"lplr-fast {args.command}: --threads must be ≥ 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    try:
+        study = load_study("demo" if args.command == "demo" else args.config)
+        result = run_study(
+            study,
+            args.out,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except (ConfigError, DatasetNotFoundError, StudyLockedError, ValueError, TypeError) as exc:
+        print(f"lplr-fast {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun the same command to resume ({args.out})", file=sys.stderr)
+        return 130
+    if result.reused:
+        print(f"reused {result.reused} finished run(s) from {args.out} (delete it to recompute)")
+    print(compact_table(result.rows))
+    for line in result.analysis.get("lines", []):
+        print(f"* {line}")
+    print(f"table: {args.out}/table.csv")
+    if result.status != "completed":
+        print(f"{result.status}: rerun the same command to resume", file=sys.stderr)
+        return 130
+    if args.command in ("run", "demo"):
+        print(f"report: {write_report(args.out)}")
+    else:
+        print(f"report: lplr-fast report {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .study.report import write_report
+
+    try:
+        print(write_report(args.folder, args.out))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"lplr-fast report: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -88,10 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command in ("demo", "run", "sweep"):
+        return _study(args)
+    if args.command == "report":
+        return _report(args)
     from .demo import DemoConfig, format_table, run_demo
 
     if args.n < 2 or args.width < 1 or args.depth < 1:
-        print("lplr-fast demo: --n must be ≥ 2, --width and --depth ≥ 1", file=sys.stderr)
+        print("lplr-fast ntk-check: --n must be ≥ 2, --width and --depth ≥ 1", file=sys.stderr)
         return 2
     cfg = DemoConfig(
         n=args.n,

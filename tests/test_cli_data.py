@@ -19,7 +19,7 @@ def test_info_reports_compiled_cpu(capsys):
 
 
 def test_demo_runs_and_checks_reference(capsys):
-    assert main(["demo", "--n", "24", "--width", "32"]) == 0
+    assert main(["ntk-check", "--n", "24", "--width", "32"]) == 0
     out = capsys.readouterr().out
     assert "relative error vs reference" in out and "(certified)" in out
     err = float(out.split("relative error vs reference")[1].split()[0])
@@ -27,7 +27,7 @@ def test_demo_runs_and_checks_reference(capsys):
 
 
 def test_demo_rejects_bad_sizes(capsys):
-    assert main(["demo", "--n", "1"]) == 2
+    assert main(["ntk-check", "--n", "1"]) == 2
 
 
 def test_builtin_datasets_are_deterministic():

