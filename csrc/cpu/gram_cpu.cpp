@@ -45,11 +45,22 @@ void fused_epilogue(T* out, const T* sa, const T* sg, int64_t r0, int64_t rows, 
           break;
         }
         case GramMode::Full: {
-          // sg is (rows * k, cols * k)
+          // sg is (rows * k, cols * k). On a symmetric diagonal pair (j == i) only c2 >= c is
+          // read and mirrored, so the k x k block is exactly symmetric whatever the GEMM's
+          // rounding of sg[(i c), (i c2)] against sg[(i c2), (i c)].
           const int64_t ld = cols * k;
+          const bool self_pair = symmetric && j == i;
           for (int64_t c = 0; c < k; ++c) {
             const T* sg_row = sg + (r * k + c) * ld + jj * k;
             T* o = out + ((i * n2 + j) * k + c) * k;
+            if (self_pair) {
+              for (int64_t c2 = c; c2 < k; ++c2) {
+                const T v = w * sg_row[c2];
+                o[c2] += v;
+                if (c2 != c) out[((i * n2 + i) * k + c2) * k + c] += v;
+              }
+              continue;
+            }
             for (int64_t c2 = 0; c2 < k; ++c2) o[c2] += w * sg_row[c2];
             if (mirror) {
               for (int64_t c2 = 0; c2 < k; ++c2) out[((j * n2 + i) * k + c2) * k + c] += w * sg_row[c2];
