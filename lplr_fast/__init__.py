@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import ntk
 from ._backend import backend_info
 from .gram import gram_accumulate, gram_accumulate_reference
-from .ntk import NTKOperator, empirical_ntk, ntk_blocks
+from .ntk import NTKOperator, ProbeMismatchError, empirical_ntk, ntk_blocks
 from .spectrum import NormBounds, SpectrumBounds, StreamingBounds, eig_bounds, ntk_distance
 from .training import Diagnostics, RunResult, train
 
@@ -17,6 +17,7 @@ __all__ = [
     "Diagnostics",
     "NTKOperator",
     "NormBounds",
+    "ProbeMismatchError",
     "RunResult",
     "SpectrumBounds",
     "StreamingBounds",

@@ -202,6 +202,15 @@ def is_batching_error(err: Exception) -> bool:
     )
 
 
+@contextlib.contextmanager
+def quiet_vmap() -> Iterator[None]:
+    """Silence torch's "performance drop ... batching rule" notes inside the engine's own
+    batched passes (they fall back to a loop inside torch; the numbers are the same)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        yield
+
+
 def _batched_cotangents(
     flat: torch.Tensor,
     tensors: list[torch.Tensor],
@@ -217,9 +226,10 @@ def _batched_cotangents(
     for c0 in range(0, k, chunk):
         c1 = min(k, c0 + chunk)
         seeds = basis[c0:c1].unsqueeze(1).expand(c1 - c0, n, k)
-        parts = torch.autograd.grad(
-            flat, tensors, seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
-        )
+        with quiet_vmap():
+            parts = torch.autograd.grad(
+                flat, tensors, seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
         for dest, part, axis in zip(grads, parts, axes, strict=True):
             if part is not None:
                 dest[:, c0:c1] = part.movedim(1 + axis, 0)
@@ -235,6 +245,37 @@ def _sequential_cotangents(
         for dest, part, axis in zip(grads, parts, axes, strict=True):
             if part is not None:
                 dest[:, c] = part.movedim(axis, 0)
+
+
+def batched_vjp(
+    outputs: list[torch.Tensor], inputs: list[torch.Tensor], seeds: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """For each row r of the seeds: ∂ Σ_o ⟨seeds[o][r], outputs[o]⟩ / ∂ inputs, stacked over r
+    (zeros for inputs the outputs do not reach); one batched backward, or a loop where the
+    backward cannot be batched."""
+    rows = seeds[0].shape[0]
+    try:
+        with quiet_vmap():
+            grads = torch.autograd.grad(
+                outputs, inputs, seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+    except Exception as err:
+        if not is_batching_error(err):
+            raise
+        per_row = [
+            torch.autograd.grad(
+                outputs, inputs, [s[r] for s in seeds], retain_graph=True, allow_unused=True
+            )
+            for r in range(rows)
+        ]
+        grads = tuple(
+            None if per_row[0][i] is None else torch.stack([row[i] for row in per_row])
+            for i in range(len(inputs))
+        )
+    return [
+        p.new_zeros((rows, *p.shape)) if gr is None else gr
+        for p, gr in zip(inputs, grads, strict=True)
+    ]
 
 
 def first_axis(use: ModuleUse) -> list[int | None]:

@@ -427,6 +427,30 @@ def _blocks(
         job.last_probe = check.finish()
 
 
+def routes(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    batchnorm: Literal["error", "eval", "batch"] = "error",
+) -> dict[str, str]:
+    """How :func:`empirical_ntk` computes each trainable parameter's share of the kernel on
+    inputs like ``x``: "linear" / "conv" (structured Gram rules), "module" (per-sample
+    gradients of the module's parameters from its output cotangents; "module (autograd)"
+    where vmap cannot run the module), or "generic: <reason>" (per-sample gradients of the
+    whole network: exact, slower). Keys are parameter names."""
+    job = _prepare(model, x, None, "full", "structured", dtype, batchnorm)
+    plan, _ = _plan(job)
+    out: dict[str, str] = {}
+    for route in plan.routes.values():
+        label = route.rule + (" (autograd)" if route.autograd else "")
+        out.update(dict.fromkeys(route.qualified.values(), label))
+    for params in plan.generic.values():
+        for q in params:
+            out[q] = f"generic: {plan.reasons.get(q, 'unknown')}"
+    return dict(sorted(out.items()))
+
+
 def _check_options(block_size: int | None, verify: str, on_mismatch: str) -> None:
     if block_size is not None and (
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1

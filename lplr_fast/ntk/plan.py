@@ -5,6 +5,8 @@ Three routes, all exact:
 * ``linear`` / ``conv``: the structured Gram rules of rules.py, for modules whose ``forward``
   is the stock ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` one (subclasses that override it
   do not qualify), without user hooks, holding only ``weight``/``bias``;
+* ``attention``: stock ``nn.MultiheadAttention``: its q/k/v in-projections and ``out_proj``
+  are sequence Linears and get the Linear Gram rule (attention.py);
 * ``module``: per-sample gradients of a module's parameters from the cotangents of its
   outputs (any module, tuple outputs included, e.g. attention and recurrent layers), also for
   parameters of descendants that are never called themselves (``out_proj`` of
@@ -51,7 +53,7 @@ class Route:
 
     name: str
     module: nn.Module
-    rule: str  # "linear" | "conv" | "module"
+    rule: str  # "linear" | "conv" | "attention" | "module"
     params: dict[str, torch.Tensor]
     qualified: dict[str, str]
     uses: list[UseAxes]
@@ -142,7 +144,32 @@ def _has_user_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks)
 
 
+def _attention_rule_applies(m: nn.Module, uses: list[UseAxes]) -> bool:
+    """Stock nn.MultiheadAttention with packed in-projection, no bias_k/bias_v, batched
+    (T, n, E) or (n, T, E) query/key/value with the batch where ``batch_first`` says."""
+    if not (
+        type(m).forward is nn.MultiheadAttention.forward
+        and m._qkv_same_embed_dim
+        and m.bias_k is None
+        and m.bias_v is None
+        and not _has_user_hooks(m)
+        and not _has_user_hooks(m.out_proj)
+    ):
+        return False
+    axis = 0 if m.batch_first else 1
+    return all(
+        len(u.input_shapes) >= 3
+        and all(
+            s is not None and len(s) == 3 and a == axis
+            for s, a in zip(u.input_shapes[:3], u.inputs[:3], strict=True)
+        )
+        for u in uses
+    )
+
+
 def _choose_rule(m: nn.Module, attrs: set[str], uses: list[UseAxes]) -> str:
+    if attrs <= {"in_proj_weight", "in_proj_bias"} and _attention_rule_applies(m, uses):
+        return "attention"
     if _has_user_hooks(m) or not attrs <= {"weight", "bias"}:
         return "module"
     single_io = all(
@@ -244,7 +271,8 @@ def build_plan(model: nn.Module, x: torch.Tensor) -> Plan:
                 plan.move_to_generic(qualified(name, attr), p, name, why)
                 continue
             rel = name[len(host.name) + 1 :] if host.name else name
-            host.rule = "module"
+            if not (host.rule == "attention" and rel == "out_proj"):
+                host.rule = "module"
             host.params[f"{rel}.{attr}"] = p
             host.qualified[f"{rel}.{attr}"] = qualified(name, attr)
     return plan

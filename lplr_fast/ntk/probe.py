@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .capture import cotangent_budget_bytes, model_output
-from .rules import batched_vjp
+from .capture import batched_vjp, cotangent_budget_bytes, model_output
 from .validation import BufferGuard, forward_context
 
 SAFETY = 2.0**10

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from .capture import cotangent_budget_bytes, model_output
-from .rules import batched_vjp
+from .capture import batched_vjp, cotangent_budget_bytes, model_output
 from .validation import trainable_parameters
 
 

@@ -27,13 +27,34 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 from ..gram import gram_accumulate
-from .capture import ModuleUse, is_batching_error, model_output
+from .attention import BLOCKS, attention_parts
+from .capture import ModuleUse, batched_vjp, model_output, quiet_vmap
 from .plan import Route
 
 ConvRoute = Literal["auto", "ghost", "materialize"]
 
 
-Names = list[tuple[str, torch.Size]]  # qualified parameter names and shapes, in feature order
+# Per parameter in feature order: (qualified name, shape), or (qualified name, full shape, rows)
+# when the features cover only the rows ``rows`` of the parameter (a block of MHA's packed
+# in_proj_weight).
+Names = list[tuple]
+
+
+def block_shape(entry: tuple) -> tuple[int, ...]:
+    if len(entry) == 2:
+        return tuple(entry[1])
+    _, shape, rows = entry
+    return (rows.stop - rows.start, *shape[1:])
+
+
+def _place(entry: tuple, block: torch.Tensor) -> torch.Tensor:
+    """A block's gradient as a tensor of the whole parameter's shape."""
+    if len(entry) == 2:
+        return block.reshape(entry[1])
+    _, shape, rows = entry
+    full = block.new_zeros(shape)
+    full[rows] = block.reshape(block_shape(entry))
+    return full
 
 
 @dataclass
@@ -168,7 +189,8 @@ def _module_grads_vmap(use: ModuleUse, route: Route, chunk: int) -> torch.Tensor
         m = min(chunk, n - s)
         rows = [leaves[i].narrow(ax, s, m) for i, ax in zip(batched, in_axes, strict=True)]
         cots = tuple(use.grads[j][s : s + m] for j in tracked)
-        pieces.append(vmap(sample_grads, in_dims=(0, *in_axes))(cots, *rows))
+        with quiet_vmap():
+            pieces.append(vmap(sample_grads, in_dims=(0, *in_axes))(cots, *rows))
     return torch.cat(pieces, dim=0)
 
 
@@ -204,38 +226,8 @@ def _module_grads_autograd(use: ModuleUse, route: Route, sub: int = 4) -> torch.
     return torch.cat(pieces, dim=0)
 
 
-def batched_vjp(
-    outputs: list[torch.Tensor], inputs: list[torch.Tensor], seeds: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """For each row r of the seeds: ∂ Σ_o ⟨seeds[o][r], outputs[o]⟩ / ∂ inputs, stacked over r
-    (zeros for inputs the outputs do not reach); one batched backward, or a loop where the
-    backward cannot be batched."""
-    rows = seeds[0].shape[0]
-    try:
-        grads = torch.autograd.grad(
-            outputs, inputs, seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
-        )
-    except Exception as err:
-        if not is_batching_error(err):
-            raise
-        per_row = [
-            torch.autograd.grad(
-                outputs, inputs, [s[r] for s in seeds], retain_graph=True, allow_unused=True
-            )
-            for r in range(rows)
-        ]
-        grads = tuple(
-            None if per_row[0][i] is None else torch.stack([row[i] for row in per_row])
-            for i in range(len(inputs))
-        )
-    return [
-        p.new_zeros((rows, *p.shape)) if gr is None else gr
-        for p, gr in zip(inputs, grads, strict=True)
-    ]
-
-
 def _module_features(use: ModuleUse, route: Route, chunk: int) -> GradFeatures:
-    names = [(route.qualified[rel], p.shape) for rel, p in route.params.items()]
+    names: Names = [(route.qualified[rel], p.shape) for rel, p in route.params.items()]
     if route.autograd:
         return GradFeatures(_module_grads_autograd(use, route), names)
     return GradFeatures(_module_grads_vmap(use, route, chunk), names)
@@ -243,21 +235,64 @@ def _module_features(use: ModuleUse, route: Route, chunk: int) -> GradFeatures:
 
 def _split_by_part(route: Route, f: GradFeatures) -> list[Group]:
     """One group per module owning the parameters (a host's adopted descendants apart)."""
-    owners = [q.rpartition(".")[0] for q, _ in f.names]
+    owners = [entry[0].rpartition(".")[0] for entry in f.names]
     if len(set(owners)) == 1:
         return [Group(route.name, owners[0], f)]
     groups: dict[str, tuple[list[torch.Tensor], Names]] = {}
     offset = 0
-    for (q, shape), owner in zip(f.names, owners, strict=True):
-        size = math.prod(shape)
+    for entry, owner in zip(f.names, owners, strict=True):
+        size = math.prod(block_shape(entry))
         cols, names = groups.setdefault(owner, ([], []))
         cols.append(f.phi[:, :, offset : offset + size])
-        names.append((q, shape))
+        names.append(entry)
         offset += size
     return [
         Group(f"{route.name}/{owner}", owner, GradFeatures(torch.cat(cols, dim=2), names))
         for owner, (cols, names) in groups.items()
     ]
+
+
+def _spatial_group(
+    key: str, part: str, spatial: SpatialFeatures, kk: int, conv_route: ConvRoute
+) -> Group:
+    _, _, t, d = spatial.a.shape
+    p = spatial.g.shape[-1]  # per group; both costs scale with the group count alike
+    ghost = conv_route == "ghost" or (conv_route == "auto" and ghost_is_cheaper(t, d, p, kk))
+    return Group(key, part, spatial if ghost else _materialise_spatial(spatial))
+
+
+def _attention_features(
+    use: ModuleUse, route: Route, kk: int, conv_route: ConvRoute
+) -> list[Group]:
+    """Linear Gram features for the q/k/v blocks of in_proj and for out_proj (attention.py)."""
+    e = route.module.embed_dim
+    groups = []
+    for block, a, g in attention_parts(use, route):
+        n, k = g.shape[:2]
+        if block == "out":
+            w_name, b_name, rows = "out_proj.weight", "out_proj.bias", None
+        else:
+            b = BLOCKS.index(block)
+            w_name, b_name, rows = "in_proj_weight", "in_proj_bias", slice(b * e, (b + 1) * e)
+        names: Names = []
+        for rel in (w_name, b_name):
+            if rel in route.params:
+                shape = route.params[rel].shape
+                q = route.qualified[rel]
+                names.append((q, shape) if rows is None else (q, shape, rows))
+        if not names:
+            continue
+        weight = w_name in route.params
+        a_w = a if weight else a[..., :0]
+        spatial = SpatialFeatures(
+            a_w.reshape(n, 1, -1, a_w.shape[-1]),
+            g.reshape(n, k, 1, -1, g.shape[-1]),
+            b_name in route.params,
+            names,
+        )
+        part = names[0][0].rpartition(".")[0]
+        groups.append(_spatial_group(f"{route.name}/{block}", part, spatial, kk, conv_route))
+    return groups
 
 
 def route_features(
@@ -267,14 +302,12 @@ def route_features(
     sample pair (k² for compute='full', k otherwise), used by the conv cost model."""
     if route.rule == "module":
         return _split_by_part(route, _module_features(use, route, chunk))
+    if route.rule == "attention":
+        return _attention_features(use, route, kk, conv_route)
     spatial = _linear_features(use, route) if route.rule == "linear" else _conv_features(use, route)
     if isinstance(spatial, DenseFeatures):
         return [Group(route.name, route.name, spatial)]
-    _, _, t, d = spatial.a.shape
-    p = spatial.g.shape[-1]  # per group; both costs scale with the group count alike
-    ghost = conv_route == "ghost" or (conv_route == "auto" and ghost_is_cheaper(t, d, p, kk))
-    f = spatial if ghost else _materialise_spatial(spatial)
-    return [Group(route.name, route.name, f)]
+    return [_spatial_group(route.name, route.name, spatial, kk, conv_route)]
 
 
 def generic_features(
@@ -315,37 +348,34 @@ def generic_features(
 
 
 def implied_gradients(f: Features, w: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Σ_ic w_ic ∂f_c(x_i)/∂θ for the parameters of ``f`` as the features imply it (w: (n, k))."""
+    """Σ_ic w_ic ∂f_c(x_i)/∂θ for the parameters of ``f`` as the features imply it (w: (n, k)),
+    as tensors of the parameters' shapes."""
     if isinstance(f, GradFeatures):
         flat = torch.einsum("ic,icp->p", w, f.phi)
-        return _split(flat, f.names)
-    out: dict[str, torch.Tensor] = {}
+        out, offset = {}, 0
+        for entry in f.names:
+            size = math.prod(block_shape(entry))
+            out[entry[0]] = _place(entry, flat[offset : offset + size])
+            offset += size
+        return out
+    out = {}
     names = iter(f.names)
     if isinstance(f, DenseFeatures):
         gw = torch.einsum("ic,icp->ip", w, f.g)
         if f.a.shape[-1] > 0:
-            q, shape = next(names)
-            out[q] = (gw.T @ f.a).reshape(shape)
+            entry = next(names)
+            out[entry[0]] = _place(entry, gw.T @ f.a)
         if f.beta:
-            q, shape = next(names)
-            out[q] = gw.sum(0).reshape(shape)
+            entry = next(names)
+            out[entry[0]] = _place(entry, gw.sum(0))
         return out
     gw = torch.einsum("ic,icgtp->igtp", w, f.g)
     if f.a.shape[-1] > 0:
-        q, shape = next(names)
-        out[q] = torch.einsum("igtp,igtd->gpd", gw, f.a).reshape(shape)
+        entry = next(names)
+        out[entry[0]] = _place(entry, torch.einsum("igtp,igtd->gpd", gw, f.a))
     if f.bias:
-        q, shape = next(names)
-        out[q] = gw.sum(dim=(0, 2)).reshape(shape)
-    return out
-
-
-def _split(flat: torch.Tensor, names: Names) -> dict[str, torch.Tensor]:
-    out, offset = {}, 0
-    for q, shape in names:
-        size = math.prod(shape)
-        out[q] = flat[offset : offset + size].reshape(shape)
-        offset += size
+        entry = next(names)
+        out[entry[0]] = _place(entry, gw.sum(dim=(0, 2)))
     return out
 
 
