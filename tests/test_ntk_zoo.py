@@ -12,7 +12,7 @@ from torch import nn
 
 from lplr_fast import empirical_ntk, ntk_blocks
 
-from .zoo import ZOO, build, inputs
+from .zoo import ZOO, K, build, inputs
 
 MODES = ("full", "trace", "diagonal")
 
@@ -69,7 +69,12 @@ def test_zoo_is_large_enough():
     assert len(ZOO) >= 40
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
+SLOW = {"transformer_classifier", "encoder_norm_first", "multi_rank"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(ZOO)]
+)
 def test_zoo_model_is_exact_and_untouched(name):
     gen = torch.Generator().manual_seed(hash(name) % 2**31)
     model = build(name)
@@ -198,3 +203,55 @@ def test_refusals_leave_the_model_untouched():
         empirical_ntk(drop, torch.randn(3, 6, dtype=torch.float64))
     assert_same_state(before, state(model))
     assert_same_state(before_drop, state(drop))
+
+
+def test_torchscript_is_refused_clearly():
+    model = torch.jit.script(build("mlp_tanh"))
+    with pytest.raises(NotImplementedError, match="TorchScript"):
+        empirical_ntk(model, torch.randn(3, 6, dtype=torch.float64))
+
+
+class Overflow(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, K)
+
+    def forward(self, x):
+        return torch.exp(1e3 * self.lin(x))
+
+
+def test_non_finite_kernel_is_refused():
+    torch.manual_seed(0)
+    model = Overflow().double()
+    x = 10 * torch.ones(3, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        empirical_ntk(model, x)
+    x[1:] = 0.0  # finite outputs on the first rows, overflowing gradients in the rest
+    with pytest.raises((ValueError, RuntimeError), match="NaN or Inf"):
+        empirical_ntk(model, x.flip(0))
+
+
+def test_out_of_another_dtype_is_refused():
+    model = build("mlp_tanh")
+    x = torch.randn(4, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="out has dtype"):
+        empirical_ntk(model, x, compute="trace", out=torch.empty(4, 4, dtype=torch.float32))
+
+
+def test_single_sample_and_large_blocks():
+    model = build("lstm")
+    gen = torch.Generator().manual_seed(4)
+    x1, x2 = inputs("sequence", 1, gen), inputs("sequence", 2, gen)
+    for second in (None, x2):
+        ref = empirical_ntk(model, x1, second, implementation="jacobian")
+        for compute in MODES:
+            got = empirical_ntk(model, x1, second, compute=compute, block_size=64)
+            assert rel(got, reduce(ref, compute)) <= 1e-10
+
+
+def test_input_requiring_grad_is_left_alone():
+    model = build("mlp_tanh")
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    got = empirical_ntk(model, x)
+    assert x.grad is None and not got.requires_grad
+    assert rel(got, empirical_ntk(model, x.detach(), implementation="jacobian")) <= 1e-10

@@ -570,6 +570,12 @@ def _compiled_child() -> nn.Module:
     return model
 
 
+def _compiled_in_place() -> nn.Module:
+    model = SmallCNN(K)
+    model.c2.compile(backend="eager")
+    return model
+
+
 def _old_weight_norm() -> nn.Module:
     model = mlp(k=K)
     torch.nn.utils.weight_norm(model[2])
@@ -629,6 +635,7 @@ ZOO: dict[str, tuple[object, str]] = {
     "user_tuple_state": (StatefulNet, "sequence"),
     "compiled": (_compiled, "vector"),
     "compiled_child": (_compiled_child, "vector"),
+    "compiled_in_place": (_compiled_in_place, "image"),
 }
 
 

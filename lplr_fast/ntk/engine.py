@@ -182,7 +182,8 @@ def _verify_routes(job: _Job, plan: Plan) -> int:
         true = torch.autograd.grad(flat, params, w, allow_unused=True)
         with torch.no_grad():
             alone = torch.cat([model_output(job.model, xv[i : i + 1]) for i in range(len(xv))])
-        coupling = torch.stack([(alone - flat).abs().max(), flat.abs().max()])
+        finite = torch.isfinite(flat).all().to(flat.dtype)
+        coupling = torch.stack([(alone - flat).abs().max(), flat.abs().max() * finite])
     implied: dict[str, torch.Tensor] = {}
     for group in groups:
         for q, grad in implied_gradients(group.features, w).items():
@@ -198,6 +199,11 @@ def _verify_routes(job: _Job, plan: Plan) -> int:
         t = torch.zeros_like(p) if t is None else t
         checks.append((q, p, (got - t).norm(), t.norm() + got.norm()))
     diffs = torch.stack([torch.stack([c[2], c[3]]).to(job.out_dtype) for c in checks]).tolist()
+    if not math.isfinite(diffs[0][1]):
+        raise ValueError(
+            "the model's outputs contain NaN or Inf at these inputs (it overflows or divides "
+            "by zero there): its NTK is undefined"
+        )
     if not diffs[0][0] <= PLAN_SAFETY * eps * diffs[0][1]:
         raise ValueError(
             "the model's output for a sample depends on the other samples of the batch (a "

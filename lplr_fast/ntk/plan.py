@@ -141,7 +141,8 @@ def _use_axes(a: UseShapes, b: UseShapes) -> UseAxes | str:
 
 
 def _has_user_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks)
+    hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+    return any(not getattr(h, "lplr_internal", False) for h in hooks)
 
 
 def _attention_rule_applies(m: nn.Module, uses: list[UseAxes]) -> bool:

@@ -177,20 +177,24 @@ class ProbeCheck:
             for c0 in range(0, self.k, chunk):
                 c1 = min(self.k, c0 + chunk)
                 a = self._pull_outputs(flat1, self.rows1, self.u, c0, c1)
-                b = a if self.symmetric else self._pull_outputs(flat2, self.rows2, self.v, c0, c1)
-                dot = dot + sum((ai * bi).sum() for ai, bi in zip(a, b, strict=True))
-                norm_a = norm_a + sum((ai * ai).sum() for ai in a)
-                norm_b = norm_b + sum((bi * bi).sum() for bi in b)
+                if self.symmetric:
+                    dot = dot + _dot(a, a)
+                    continue
+                b = self._pull_outputs(flat2, self.rows2, self.v, c0, c1)
+                dot, norm_a, norm_b = dot + _dot(a, b), norm_a + _dot(a, a), norm_b + _dot(b, b)
+        if self.symmetric:
+            norm_a = norm_b = dot
         return dot, norm_a, norm_b, len(self.rows1)
 
     def finish(self) -> ProbeReport:
         """Compare both sides (one host synchronisation); raises :class:`ProbeMismatchError`."""
         if self.compute == "full":
             a = self._pull_full(self.x1, self.u)
-            b = a if self.symmetric else self._pull_full(self.x2, self.v)  # type: ignore[arg-type]
-            dot = sum((ai * bi).sum() for ai, bi in zip(a, b, strict=True))
-            norm_a = sum((ai * ai).sum() for ai in a)
-            norm_b = norm_a if b is a else sum((bi * bi).sum() for bi in b)
+            if self.symmetric:
+                dot = norm_a = norm_b = _dot(a, a)
+            else:
+                b = self._pull_full(self.x2, self.v)  # type: ignore[arg-type]
+                dot, norm_a, norm_b = _dot(a, b), _dot(a, a), _dot(b, b)
             samples = self.x1.shape[0]
         else:
             dot, norm_a, norm_b, samples = self._per_output_sums()
@@ -207,7 +211,22 @@ class ProbeCheck:
         return report
 
 
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Σ over parameters of ⟨a_p, b_p⟩ (fused reductions, no product temporaries)."""
+    return torch.stack(
+        [torch.dot(ai.reshape(-1), bi.reshape(-1)) for ai, bi in zip(a, b, strict=True)]
+    ).sum()
+
+
 def _message(report: ProbeReport, compute: str) -> str:
+    values = (report.kernel_value, report.autograd_value, report.scale)
+    if not all(math.isfinite(v) for v in values):
+        return (
+            f"NTK self-check failed (compute={compute!r}): the kernel or the model's gradients "
+            f"contain NaN or Inf (uᵀΘv = {report.kernel_value}, (J₁ᵀu)·(J₂ᵀv) = "
+            f"{report.autograd_value}): the model overflows or divides by zero at these "
+            "inputs; no NTK was returned."
+        )
     rel = abs(report.kernel_value - report.autograd_value) / max(report.scale, 1e-300)
     return (
         f"NTK self-check failed (compute={compute!r}): for random probes u, v the kernel "

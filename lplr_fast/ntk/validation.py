@@ -85,6 +85,17 @@ def check_model(model: nn.Module, batchnorm: str) -> None:
     for name, ok in zip(names, finite, strict=True):
         if not ok:
             raise ValueError(f"parameter {name!r} contains NaN or Inf")
+    scripted = [
+        name or "<root>"
+        for name, m in model.named_modules()
+        if isinstance(m, torch.jit.ScriptModule)
+    ]
+    if scripted:
+        raise NotImplementedError(
+            f"module(s) {scripted} are TorchScript (torch.jit.script/trace): the NTK engine "
+            "needs to observe module calls, which TorchScript hides. Pass the original "
+            "nn.Module."
+        )
     if _compiled_inside(model) and not hasattr(torch.compiler, "set_stance"):
         raise NotImplementedError(
             f"module(s) {_compiled_inside(model)} are torch.compile'd and this torch "
@@ -207,10 +218,11 @@ class BufferGuard:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        handles = [
-            m.register_forward_pre_hook(lambda mod, args: self.restore_module(mod), prepend=True)
-            for m in self.saved
-        ]
+        def restore(module: nn.Module, args: Any) -> None:
+            self.restore_module(module)
+
+        restore.lplr_internal = True  # type: ignore[attr-defined]
+        handles = [m.register_forward_pre_hook(restore, prepend=True) for m in self.saved]
         try:
             yield
         finally:
@@ -274,8 +286,8 @@ def usable_model(model: nn.Module) -> nn.Module:
 
 
 def usable_input(x: torch.Tensor | None) -> torch.Tensor | None:
-    """A normal tensor for autograd (inputs made under inference_mode are copied)."""
+    """A detached, normal tensor for autograd (inputs made under inference_mode are copied)."""
     if isinstance(x, torch.Tensor) and x.is_inference():
         with torch.inference_mode(False):
             return x.clone()
-    return x
+    return x.detach() if isinstance(x, torch.Tensor) else x
