@@ -255,3 +255,23 @@ def test_input_requiring_grad_is_left_alone():
     got = empirical_ntk(model, x)
     assert x.grad is None and not got.requires_grad
     assert rel(got, empirical_ntk(model, x.detach(), implementation="jacobian")) <= 1e-10
+
+
+def test_reentrant_checkpoint_error_names_the_fix():
+    """torch's reentrant checkpoint cannot run under autograd.grad; its message says what to do."""
+    torch.manual_seed(0)
+
+    class Reentrant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pre, self.a, self.out = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, K)
+
+        def forward(self, x):
+            h = torch.utils.checkpoint.checkpoint(self.a, self.pre(x), use_reentrant=True)
+            return self.out(torch.tanh(h))
+
+    model = Reentrant().double()
+    before = state(model)
+    with pytest.raises(RuntimeError, match="use_reentrant=False"):
+        empirical_ntk(model, torch.randn(3, 6, dtype=torch.float64))
+    assert_same_state(before, state(model))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
+from torch.utils.checkpoint import checkpoint
 
 from .models import (
     EmbeddingModel,
@@ -553,6 +554,49 @@ class SelfAttentionBlock(nn.Module):
         return self.out((att @ self.v(x)).mean(dim=1))
 
 
+class Checkpointed(nn.Module):
+    """Activation checkpointing (non-reentrant) around a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, K)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        h = checkpoint(lambda t: torch.tanh(self.b(t)), h, use_reentrant=False)
+        return self.out(h)
+
+
+class Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6))
+
+    def forward(self, x):
+        return x.mul_(self.w)  # modifies its input in place
+
+
+class InPlaceInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.scale, self.out = nn.Linear(6, 6), Scale(), nn.Linear(6, K)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.scale(self.a(x))))
+
+
+class MergedBatch(nn.Module):
+    """Batch and time merged into one axis for a Linear, as older code does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 5), nn.Linear(5, K)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        return self.out(torch.tanh(self.a(x.reshape(n * t, d))).reshape(n, t, -1).mean(dim=1))
+
+
 def _frozen_mlp() -> nn.Module:
     model = mlp(k=K)
     model[0].weight.requires_grad_(False)
@@ -636,6 +680,9 @@ ZOO: dict[str, tuple[object, str]] = {
     "compiled": (_compiled, "vector"),
     "compiled_child": (_compiled_child, "vector"),
     "compiled_in_place": (_compiled_in_place, "image"),
+    "checkpointed": (Checkpointed, "vector"),
+    "in_place_input": (InPlaceInput, "vector"),
+    "merged_batch_axis": (MergedBatch, "sequence"),
 }
 
 
