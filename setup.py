@@ -81,12 +81,19 @@ def extensions() -> list:
 
     cpu_sources = [
         "csrc/bindings.cpp",
+        "csrc/ops.cpp",
         "csrc/gram_checks.cpp",
+        "csrc/gram_gemm.cpp",
+        "csrc/spectral_generic.cpp",
         "csrc/cpu/gram_cpu.cpp",
         "csrc/cpu/spectral_cpu.cpp",
     ]
     cxx_flags = ["-O3", "-fopenmp", f'-DLPLR_SOURCE_HASH="{source_hash()}"']
     link_flags = ["-fopenmp"]
+    if os.environ.get("LPLR_ISOLATE_CXX_RUNTIME", "0") == "1":
+        # A private, hidden copy of libstdc++ in the module: for images where the system C++
+        # runtime and the one torch was built against clash (see csrc/message.h).
+        link_flags += ["-static-libstdc++", "-Wl,--exclude-libs,ALL"]
     if not with_cuda:
         return [
             cpp_extension.CppExtension(
@@ -100,7 +107,12 @@ def extensions() -> list:
     return [
         cpp_extension.CUDAExtension(
             "lplr_fast._C",
-            [*cpu_sources, "csrc/cuda/gram_cuda.cpp", "csrc/cuda/gram_kernels.cu"],
+            [
+                *cpu_sources,
+                "csrc/cuda/gram_cuda.cpp",
+                "csrc/cuda/ops_cuda.cpp",
+                "csrc/cuda/gram_kernels.cu",
+            ],
             define_macros=[("LPLR_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,

@@ -10,14 +10,25 @@ import torch
 from torch import nn
 
 
-def mlp(widths: list[int]) -> nn.Sequential:
-    """Linear layers with tanh between them, e.g. 784 → 2048 → 2048 → 2048 → 10."""
+class Erf(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(x)
+
+
+ACTIVATIONS = {"tanh": nn.Tanh, "erf": Erf, "relu": nn.ReLU}
+
+
+def mlp(widths: list[int], act: str = "tanh") -> nn.Sequential:
+    """Linear layers with a nonlinearity between them, e.g. 784 → 2048 → 2048 → 2048 → 10.
+    The model remembers ``act`` (``model.act``) so that :func:`export` records it."""
     layers: list[nn.Module] = []
     for i in range(len(widths) - 1):
         layers.append(nn.Linear(widths[i], widths[i + 1]))
         if i < len(widths) - 2:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
+            layers.append(ACTIVATIONS[act]())
+    model = nn.Sequential(*layers)
+    model.act = act
+    return model
 
 
 class BasicBlock(nn.Module):
@@ -90,4 +101,5 @@ def export(model: nn.Module, x: torch.Tensor, kind: str, path: Path) -> None:
     arrays = {f"p:{name}": p.detach().cpu().float().numpy() for name, p in model.named_parameters()}
     arrays["x"] = x.detach().cpu().float().numpy()
     arrays["kind"] = np.array(kind)
+    arrays["act"] = np.array(getattr(model, "act", "tanh"))
     np.savez(path, **arrays)

@@ -3,6 +3,12 @@ no torch). Rebuilds the network exported by benchmarks/models.py::export as a pu
 function and times ``nt.empirical_ntk_fn``:
 
     python nt_baseline.py CASE.npz --impl 3 [--trace] [--repeat 3] [--save K.npy]
+                          [--build jax|stax]
+
+``--build jax`` (default) writes the network as a plain JAX function; ``--build stax`` builds
+MLPs the way neural-tangents users do, with ``stax.serial(Dense(..., parameterization=
+"standard"), Erf()/..., ...)`` (same function: standard-parameterised Dense is x·W + b),
+loaded with the exported weights.
 
 Prints one JSON line: compile_s (first call, includes tracing and XLA compilation),
 median_s/min_s/max_s (steady state), peak_mib (peak RSS growth during the first call, which
@@ -23,19 +29,45 @@ import numpy as np
 from jax import lax
 from peakmem import PeakMemory
 
+ACTIVATIONS = {"tanh": jnp.tanh, "erf": jax.scipy.special.erf}
 
-def mlp_fn(names: list[str]):
-    layers = sorted({n.split(".")[0] for n in names}, key=int)
+
+def _dense_layers(names: list[str]) -> list[str]:
+    return sorted({n.split(".")[0] for n in names}, key=int)
+
+
+def mlp_fn(names: list[str], act: str = "tanh"):
+    layers = _dense_layers(names)
+    nonlinear = ACTIVATIONS[act]
 
     def f(params, x):
         h = x
         for i, layer in enumerate(layers):
             h = h @ params[f"{layer}.weight"].T + params[f"{layer}.bias"]
             if i < len(layers) - 1:
-                h = jnp.tanh(h)
+                h = nonlinear(h)
         return h
 
     return f
+
+
+def stax_mlp(params: dict, act: str):
+    """The same MLP as a neural-tangents stax network, and its parameters in stax's layout
+    (a tuple per layer: (W, b) for Dense with W as (in, out), () for the nonlinearity)."""
+    from neural_tangents import stax
+
+    nonlinear = {"erf": stax.Erf, "relu": stax.Relu}[act]
+    layers, stax_params = [], []
+    names = _dense_layers(list(params))
+    for i, layer in enumerate(names):
+        w, b = params[f"{layer}.weight"], params[f"{layer}.bias"]
+        layers.append(stax.Dense(w.shape[0], parameterization="standard"))
+        stax_params.append((w.T, b))
+        if i < len(names) - 1:
+            layers.append(nonlinear())
+            stax_params.append(())
+    _, apply_fn, _ = stax.serial(*layers)
+    return apply_fn, tuple(stax_params)
 
 
 def conv(params, name, x, stride=1):
@@ -66,6 +98,7 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--save", default=None)
+    parser.add_argument("--build", choices=("jax", "stax"), default="jax")
     parser.add_argument(
         "--batch", type=int, default=0,
         help="tile the kernel into batch×batch blocks (what nt.batch does); 0 = one call",
@@ -75,7 +108,13 @@ def main() -> None:
     params = {k[2:]: jnp.asarray(data[k]) for k in data.files if k.startswith("p:")}
     x = jnp.asarray(data["x"])
     kind = str(data["kind"])
-    f = mlp_fn(list(params)) if kind == "mlp" else resnet_fn(list(params))
+    act = str(data["act"]) if "act" in data.files else "tanh"
+    if args.build == "stax":
+        if kind != "mlp":
+            raise SystemExit("--build stax: MLP cases only")
+        f, params = stax_mlp(params, act)
+    else:
+        f = mlp_fn(list(params), act) if kind == "mlp" else resnet_fn(list(params))
     fn = jax.jit(
         nt.empirical_ntk_fn(
             f,
@@ -117,6 +156,7 @@ def main() -> None:
                 "peak_mib": compile_memory.mib,
                 "shape": list(kernel.shape),
                 "batch": args.batch,
+                "build": args.build,
                 "jax": jax.__version__,
             }
         )

@@ -31,7 +31,8 @@ def load(path: str) -> tuple[torch.nn.Module, torch.Tensor]:
         layers = sorted({n.split(".")[0] for n in params}, key=int)
         widths = [params[f"{layers[0]}.weight"].shape[1]]
         widths += [params[f"{layer}.weight"].shape[0] for layer in layers]
-        model = mlp(widths)
+        act = str(data["act"]) if "act" in data.files else "tanh"
+        model = mlp(widths, act)
     else:
         c = params["stem.weight"].shape[0]
         model = ResNetCNN(c=c, k=params["head.weight"].shape[0])

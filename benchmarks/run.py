@@ -30,6 +30,7 @@ from torch import nn
 import lplr_fast
 from lplr_fast.gram import gram_accumulate, gram_accumulate_reference
 
+from .gpu_cases import group_gpu
 from .models import LSTMModel, ResNetCNN, TransformerClassifier, export
 from .models import mlp as bench_mlp
 
@@ -308,23 +309,26 @@ def ours_probe(case: Path, trace: bool, repeat: int, save: Path | None = None) -
 
 
 def nt_probe(
-    case: Path, impl: int, trace: bool, repeat: int, timeout: float, save: Path | None = None
-) -> dict[str, Any]:
+    case: Path, impl: int, trace: bool, repeat: int, timeout: float, save: Path | None = None,
+    build: str = "jax",
+) -> dict[str, Any]:  # fmt: skip
     python = nt_python()
     if python is None:
         return {"error": "neural-tangents env missing (bash benchmarks/setup_neural_tangents.sh)"}
     cmd = [str(python), str(ROOT / "nt_baseline.py"), str(case), "--impl", str(impl)]
     cmd += ["--repeat", str(repeat)] + (["--trace"] if trace else [])
     cmd += ["--save", str(save)] if save else []
+    cmd += ["--build", build]
     return subprocess_json(cmd, timeout=timeout)
 
 
 def framework_rows(
     rows: list[dict], name: str, case: Path, trace: bool, impls: dict[int, str | None],
-    repeat: int, timeout: float, activations_mib: float,
+    repeat: int, timeout: float, activations_mib: float, build: str = "jax",
 ) -> dict[str, Any]:  # fmt: skip
     """Ours (probe) and neural-tangents (each implementation, or the reason it is skipped),
-    both in fresh processes; the structured NT kernel is checked against ours."""
+    both in fresh processes; the structured NT kernel is checked against ours. ``build``:
+    the network as a plain JAX function ("jax") or as a stax network ("stax", MLPs)."""
     with tempfile.TemporaryDirectory() as tmp:
         ours_k, nt_k = Path(tmp) / "ours.npy", Path(tmp) / "nt.npy"
         ours = ours_probe(case, trace, repeat, save=ours_k)
@@ -343,11 +347,13 @@ def framework_rows(
             }
         )
         for impl, skip in impls.items():
-            label = f"neural-tangents {NT_IMPLS[impl]}"
+            label = f"neural-tangents {NT_IMPLS[impl]}" + (" (stax)" if build == "stax" else "")
             if skip:
                 rows.append({"case": name, "impl": label, "note": f"skipped: {skip}"})
                 continue
-            nt = nt_probe(case, impl, trace, repeat, timeout, save=nt_k if impl == 3 else None)
+            nt = nt_probe(
+                case, impl, trace, repeat, timeout, save=nt_k if impl == 3 else None, build=build
+            )
             if "error" in nt:
                 rows.append({"case": name, "impl": label, "note": nt["error"]})
                 continue
@@ -370,11 +376,13 @@ def framework_rows(
     return ours
 
 
-def mlp_case(tmp: Path, widths: list[int], n: int, seed: int = 0) -> tuple[Path, float]:
+def mlp_case(
+    tmp: Path, widths: list[int], n: int, seed: int = 0, act: str = "tanh"
+) -> tuple[Path, float]:
     """Exported MLP case and its forward activations in MiB (float32)."""
     torch.manual_seed(seed)
-    path = tmp / f"mlp_{'_'.join(map(str, widths))}_{n}.npz"
-    export(bench_mlp(widths), torch.randn(n, widths[0]), "mlp", path)
+    path = tmp / f"mlp_{act}_{'_'.join(map(str, widths))}_{n}.npz"
+    export(bench_mlp(widths, act), torch.randn(n, widths[0]), "mlp", path)
     return path, n * sum(widths) * 4 / 2**20
 
 
@@ -427,6 +435,24 @@ def group_frameworks(device, rows, quick, gemm) -> None:
                     "ratio_to_ours": jac["median_s"] / ours["median_s"],
                 }
             )
+
+
+def group_stax(device, rows, quick, gemm) -> None:
+    """neural-tangents as its users write networks: the MLP 784→2048³→10 with Erf built with
+    stax (Dense in standard parameterisation, loaded with our weights), against ours on the
+    same weights, full kernel, in fresh processes. NT's JAX does not run on the GPU image
+    (neural-tangents 0.6.5 needs jax 0.4.x; the image has 0.11): CPU only."""
+    if device.type != "cpu":
+        return
+    widths = [784, 2048, 2048, 2048, 10]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for n in [8, 32] if quick else [8, 32, 256]:
+            case, act_mib = mlp_case(tmp, widths, n, act="erf")
+            name = f"MLP (Erf) {'→'.join(map(str, widths))} n={n} full, stax build"
+            impls = {3: None, 2: None if n <= 32 else "n·k VJP+JVP pairs: minutes by n² scaling"}
+            framework_rows(rows, name, case, False, impls, 1, 600, act_mib, build="stax")
+            case.unlink()
 
 
 def fit_exponent(xs: list[float], ys: list[float]) -> float:
@@ -577,6 +603,8 @@ GROUPS: dict[str, Callable[..., None]] = {
     "eig": group_eig,
     "frameworks": group_frameworks,
     "sweep": group_sweep,
+    "gpu": group_gpu,
+    "stax": group_stax,
     "sequence": group_sequence,
     "probe": group_probe,
 }
@@ -622,6 +650,10 @@ def main(argv: list[str] | None = None) -> None:
         "machine": platform.platform(),
         "gemm_gflops": gemm / 1e9,
         "gemm_dtype": "float32",
+        "gemm_gflops_float64": gemm_rate(
+            device, torch.float64, 2048 if device.type == "cpu" else 8192
+        )
+        / 1e9,
         "backend": lplr_fast.backend_info(),
     }
     write(rows, meta, args.out)

@@ -1,59 +1,33 @@
-// Fused per-layer NTK Gram accumulation: declarations shared by the bindings,
-// the CPU kernel and the CUDA dispatcher. ATen-only headers (fast to compile).
+// Fused per-layer NTK Gram accumulation: declarations shared by the op registrations, the
+// CPU kernel, the device-generic GEMM route and the CUDA dispatcher. ATen-only headers.
+//
+//   out[i, j, c, c'] += (a1_i . a2_j + beta) * (g1_{i,c} . g2_{j,c'})      mode Full
+//   out[i, j]        += (a1_i . a2_j + beta) * sum_c g1_{i,c} . g2_{j,c}   mode Trace
+//   out[i, j, c]     += (a1_i . a2_j + beta) * (g1_{i,c} . g2_{j,c})       mode Diagonal
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/core/Device.h>
-#include <c10/core/ScalarType.h>
-#include <c10/util/ArrayRef.h>
 
 #include <cstdint>
-#include <string>
+#include <optional>
 
 namespace lplr {
 
 // Bumped whenever a kernel's signature or semantics change; the Python layer refuses a
 // compiled module whose number differs (a stale build).
-constexpr int64_t kKernelApiVersion = 2;
-
-// Argument checks report instead of throwing: the bindings return the report and the Python
-// wrapper raises ValueError / TypeError. (Introduced while chasing a segfault on the torch 2.11
-// CUDA image whose actual cause was std::ostream integer formatting, see msg() below; whether
-// throwing is safe there was not re-tested.)
-enum class ErrorKind : int { None = 0, Value = 1, Type = 2 };
-
-// Messages are assembled without std::ostream: on the torch 2.11 CUDA image an ostringstream
-// formatting an integer inside this module segfaulted (likely two libstdc++ locale states), while
-// std::to_string and string concatenation are safe.
-inline void msg_append(std::string& s, const char* v) { s += v; }
-inline void msg_append(std::string& s, const std::string& v) { s += v; }
-inline void msg_append(std::string& s, int64_t v) { s += std::to_string(v); }
-inline void msg_append(std::string& s, int v) { s += std::to_string(v); }
-inline void msg_append(std::string& s, double v) { s += std::to_string(v); }
-inline void msg_append(std::string& s, c10::ScalarType v) { s += c10::toString(v); }
-inline void msg_append(std::string& s, const c10::Device& v) { s += v.str(); }
-inline void msg_append(std::string& s, c10::IntArrayRef v) {
-  s += "(";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  s += ")";
-}
-template <typename... Args>
-std::string msg(const Args&... args) {
-  std::string s;
-  (msg_append(s, args), ...);
-  return s;
-}
-
-#define LPLR_CHECK_VALUE(cond, ...) \
-  do {                              \
-    if (!(cond)) return {::lplr::ErrorKind::Value, ::lplr::msg(__VA_ARGS__), {}}; \
-  } while (0)
-#define LPLR_CHECK_TYPE(cond, ...) \
-  do {                             \
-    if (!(cond)) return {::lplr::ErrorKind::Type, ::lplr::msg(__VA_ARGS__), {}}; \
-  } while (0)
+constexpr int64_t kKernelApiVersion = 3;
 
 enum class GramMode : int64_t { Full = 0, Trace = 1, Diagonal = 2 };
+
+// How the accumulation is computed. Every route gives the same numbers up to rounding.
+//   Auto:  the CPU kernel on CPU; on CUDA the GEMM route except where the fused kernel wins.
+//   Gemm:  BLAS/cuBLAS GEMMs for the two Grams per block pair, then one elementwise
+//          Hadamard-accumulate pass (ATen); symmetric inputs compute the upper block
+//          triangle only (diagonal blocks in full, so the result is symmetric up to
+//          rounding, not bitwise). Runs on any device (on CPU it exists for tests).
+//   Fused: the fused kernel of the device (CPU: GEMM + OpenMP epilogue per row chunk;
+//          CUDA: one tiled kernel forming both Grams in registers).
+enum class GramRoute : int64_t { Auto = 0, Gemm = 1, Fused = 2 };
 
 // Shapes of one accumulation call, validated.
 struct GramShape {
@@ -61,31 +35,47 @@ struct GramShape {
   GramMode mode = GramMode::Full;
 };
 
-struct GramCheck {
-  ErrorKind kind = ErrorKind::None;
-  std::string message;
-  GramShape shape;
-  bool ok() const { return kind == ErrorKind::None; }
-};
-
 // Validates a1 (n1, d), g1 (n1, k, p), a2 (n2, d), g2 (n2, k, p) and out
 // ((n1, n2, k, k) | (n1, n2) | (n1, n2, k) by mode): ranks, matching sizes, one floating
-// dtype (float32/float64), one device, finite beta and, when check_finite, finite inputs.
-// A failed check names the offending argument; it becomes ValueError/TypeError in Python.
-GramCheck check_gram_args(const at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
+// dtype (float32/float64), one device, contiguous out, finite beta and, when check_finite,
+// finite inputs. Throws c10::ValueError / c10::TypeError (Python ValueError / TypeError)
+// naming the offending argument.
+GramShape check_gram_args(const at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
                           const at::Tensor& a2, const at::Tensor& g2, double beta, int64_t mode,
                           bool check_finite);
 
+// One call of the operator, checked: the column operands (a1/g1 themselves when a2/g2 are
+// None, the symmetric case), the shapes and the route.
+struct GramCall {
+  const at::Tensor& a2;
+  const at::Tensor& g2;
+  bool symmetric;
+  GramShape shape;
+  GramRoute route;
+};
+
+GramCall check_gram_call(const at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
+                         const std::optional<at::Tensor>& a2, const std::optional<at::Tensor>& g2,
+                         double beta, int64_t mode, bool check_finite, int64_t route);
+
 // out += (a1 a2^T + beta) (.) (g1 g2^T) in the layout of `mode`. When `symmetric`, a2/g2 are
-// a1/g1 and only the upper triangle of sample pairs is computed, then mirrored.
+// a1/g1 and only the upper triangle of sample pairs is computed, then mirrored (bitwise
+// symmetric result).
 void gram_accumulate_cpu(at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
                          const at::Tensor& a2, const at::Tensor& g2, double beta,
                          const GramShape& shape, bool symmetric);
 
+// The same through GEMMs on any device (ATen ops only): the sample range is cut into
+// blocks, both Grams of a block pair come from one GEMM each, and one elementwise pass adds
+// (A + beta) (.) G into `out` (and its transpose into the mirrored block when symmetric).
+void gram_accumulate_gemm(at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
+                          const at::Tensor& a2, const at::Tensor& g2, double beta,
+                          const GramShape& shape, bool symmetric);
+
 #ifdef LPLR_WITH_CUDA
 void gram_accumulate_cuda(at::Tensor& out, const at::Tensor& a1, const at::Tensor& g1,
                           const at::Tensor& a2, const at::Tensor& g2, double beta,
-                          const GramShape& shape, bool symmetric);
+                          const GramShape& shape, bool symmetric, GramRoute route);
 #endif
 
 }  // namespace lplr

@@ -1,8 +1,9 @@
 """Loads the compiled module ``lplr_fast._C`` and says what it supports.
 
 When the module is missing, was built for another kernel API, or is older than the kernel
-sources next to the package (an editable checkout edited after the build), the package falls
-back to the pure-PyTorch reference implementations and says so once with a warning.
+sources next to the package (a source checkout edited after the build), the package falls
+back to the pure-PyTorch reference implementations and says so once with a warning. An
+installed wheel has no kernel sources next to it: only the API version is checked there.
 Set ``LPLR_REQUIRE_NATIVE=1`` to turn that fallback into an error (the test suite does).
 """
 
@@ -18,9 +19,21 @@ import torch
 
 from ._source_hash import kernel_source_hash
 
-KERNEL_API_VERSION = 2  # must equal lplr::kKernelApiVersion in csrc/gram.h
+KERNEL_API_VERSION = 3  # must equal lplr::kKernelApiVersion in csrc/gram.h
 
-_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _source_tree_csrc() -> Path | None:
+    """csrc/ of the source checkout (or unpacked sdist) this package is imported from; None
+    for an installed package (site-packages has no setup.py, and a csrc/ folder there would
+    belong to someone else)."""
+    csrc = _ROOT / "csrc"
+    if (_ROOT / "setup.py").is_file() and csrc.is_dir():
+        return csrc
+    return None
+
+
 _state: dict[str, Any] = {"loaded": False, "module": None, "reason": None, "warned": False}
 
 
@@ -39,13 +52,17 @@ def _try_load() -> tuple[ModuleType | None, str | None]:
             f"lplr_fast._C has kernel API {info.get('kernel_api_version')}, the Python layer "
             f"expects {KERNEL_API_VERSION}: the build is stale"
         )
-    if _CSRC.is_dir():
-        current = kernel_source_hash(_CSRC)
+    csrc = _source_tree_csrc()
+    if csrc is not None:
+        current = kernel_source_hash(csrc)
         if info.get("source_hash") != current:
             return None, (
                 f"lplr_fast._C was built from kernel sources {info.get('source_hash')} but "
                 f"csrc/ now hashes to {current}: the build is stale"
             )
+    from . import _ops
+
+    _ops.register_fakes()
     return _C, None
 
 
@@ -80,6 +97,13 @@ def supports(device: torch.device) -> bool:
     return device.type == "cuda" and bool(module.build_info()["cuda"])
 
 
+def _source_check() -> str:
+    csrc = _source_tree_csrc()
+    if csrc is None:
+        return "installed package (no kernel sources next to it): kernel API version checked"
+    return f"source tree: build compared with the kernel sources in {csrc}"
+
+
 def backend_info() -> dict[str, Any]:
     """What this installation can do: compiled or not (and why), CPU/CUDA kernels, OpenMP
     threads, build flags, and the torch it runs on."""
@@ -91,6 +115,7 @@ def backend_info() -> dict[str, Any]:
         "torch_cuda": torch.version.cuda,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "kernel_api_version": KERNEL_API_VERSION,
+        "source_check": _source_check(),
     }
     if module is None:
         info.update(cpu=False, cuda=False, openmp=False, openmp_max_threads=0)

@@ -34,8 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="GD/SGD with LPLR diagnostics from a TOML config (resumes RUN_DIR)"
     )
-    train.add_argument("config", help="TOML file (see lplr_fast/training/runconfig.py)")
+    train.add_argument(
+        "config",
+        help="TOML file (keys: lplr_fast/training/runconfig.py) or a packaged example name "
+        "(teacher)",
+    )
     train.add_argument("--out", required=True, help="run folder (history, summary, checkpoint)")
+    train.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     train.add_argument("--quiet", action="store_true", help="no progress line")
     plot = sub.add_parser("plot", help="PNG figures of a run folder")
     plot.add_argument("run_dir")
@@ -48,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
     from .training.runconfig import ConfigError
 
     try:
-        result = run_from_config(args.config, args.out, progress=not args.quiet)
+        result = run_from_config(args.config, args.out, progress=not args.quiet, device=args.device)
     except (ConfigError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"lplr-fast train: {exc}", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@ For a Linear layer with inputs ``a_i ∈ R^{d_in}`` and output cotangents
 ``Θ[(i,c),(j,c')] = (a_i·a_j + β)(g_{i,c}·g_{j,c'})`` with β = 1 for a bias, 0 without.
 
 Three faces compute it: :func:`gram_accumulate_reference` (readable PyTorch), the C++ CPU
-kernel and the CUDA kernel (both in ``lplr_fast._C``). :func:`gram_accumulate` picks the
-compiled one when it is available for the tensors' device.
+kernel and the CUDA path (both behind the torch operator ``torch.ops.lplr.gram_accumulate_``
+of ``lplr_fast._C``). :func:`gram_accumulate` calls the operator when the compiled module
+supports the tensors' device.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch
 from . import _backend
 
 Compute = Literal["full", "trace", "diagonal"]
+Route = Literal["auto", "gemm", "fused"]
 COMPUTE_MODES: dict[str, int] = {"full": 0, "trace": 1, "diagonal": 2}
+ROUTES: dict[str, int] = {"auto": 0, "gemm": 1, "fused": 2}
 
 
 def gram_out_shape(n1: int, n2: int, k: int, compute: Compute) -> tuple[int, ...]:
@@ -69,6 +72,7 @@ def gram_accumulate(
     beta: float = 1.0,
     compute: Compute = "full",
     check_finite: bool = True,
+    route: Route = "auto",
 ) -> torch.Tensor:
     """Accumulate one layer's NTK Gram into ``out`` in place and return it.
 
@@ -82,19 +86,25 @@ def gram_accumulate(
             means the symmetric case (rows = columns), computed on the upper triangle only.
         beta: added to every activation inner product (1.0 for a layer with bias).
         compute: output layout, as above.
-        check_finite: reject NaN/Inf inputs (one extra pass over them).
+        check_finite: reject NaN/Inf inputs (one extra pass over them; on a GPU one host
+            synchronisation).
+        route: "auto" (default), "gemm" (BLAS/cuBLAS GEMMs for both Grams, then one
+            elementwise Hadamard-accumulate pass; symmetric inputs compute the upper block
+            triangle only) or "fused" (the device's fused kernel). All routes give the same
+            values up to rounding; on CPU "auto" is the fused kernel, on CUDA the GEMM route.
+            GEMMs follow torch's TF32 setting (``torch.backends.cuda.matmul.allow_tf32``,
+            off by default): the default is true float32/float64 arithmetic.
 
     Raises:
         ValueError / TypeError naming the argument on bad shapes, dtypes, devices or values.
     """
     mode = _mode(compute)
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {sorted(ROUTES)}, got {route!r}")
     if _backend.supports(out.device):
-        module = _backend.native()
-        assert module is not None
-        error = module.gram_accumulate(out, a1, g1, a2, g2, float(beta), mode, check_finite)
-        if error:
-            kind, _, message = error.partition(": ")
-            raise (TypeError if kind == "TypeError" else ValueError)(message)
+        torch.ops.lplr.gram_accumulate_(
+            out, a1, g1, a2, g2, float(beta), mode, check_finite, ROUTES[route]
+        )
         return out
     if out.device.type == "cuda" and _backend.native() is not None:
         raise ValueError(

@@ -29,7 +29,19 @@ def rel_err(x, ref):
 
 
 def check(
-    compute, n1, n2, d, k, p, dtype, symmetric, device="cpu", gen=None, beta=0.7, noncontig=False
+    compute,
+    n1,
+    n2,
+    d,
+    k,
+    p,
+    dtype,
+    symmetric,
+    device="cpu",
+    gen=None,
+    beta=0.7,
+    noncontig=False,
+    route="auto",
 ):
     a1, g1, a2, g2 = make_inputs(n1, n2, d, k, p, dtype, device, gen, noncontig)
     if symmetric:
@@ -45,7 +57,7 @@ def check(
         compute=compute,
     )
     out = init.to(dtype=dtype, device=device)
-    result = gram_accumulate(out, a1, g1, a2, g2, beta=beta, compute=compute)
+    result = gram_accumulate(out, a1, g1, a2, g2, beta=beta, compute=compute, route=route)
     assert result.data_ptr() == out.data_ptr(), "accumulation must be in place"
     assert rel_err(out.cpu(), ref) <= TOL[dtype]
 
@@ -187,11 +199,28 @@ def test_cuda_tensor_without_cuda_build_or_mixed_devices():
 @pytest.mark.parametrize("compute", MODES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("k", [1, 3, 10])
 @pytest.mark.parametrize("sizes", [(1, 1, 1, 1), (65, 63, 17, 5), (200, 131, 70, 33)])
-def test_cuda_matches_reference(compute, dtype, symmetric, k, sizes, rng):
+@pytest.mark.parametrize("route", ["gemm", "fused"])
+def test_cuda_matches_reference(compute, dtype, symmetric, k, sizes, route, rng):
     n1, n2, d, p = sizes
-    check(compute, n1, n2, d, k, p, dtype, symmetric, device="cuda", gen=rng)
+    check(compute, n1, n2, d, k, p, dtype, symmetric, device="cuda", gen=rng, route=route)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("compute", MODES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_cuda_gemm_route_several_blocks(compute, symmetric, rng, monkeypatch):
+    monkeypatch.setenv("LPLR_GEMM_BLOCK_SAMPLES", "32")
+    check(compute, 101, 77, 9, 3, 11, torch.float64, symmetric, device="cuda", gen=rng,
+          route="gemm")  # fmt: skip
+
+
+@pytest.mark.cuda
+def test_cuda_default_blocks_large(rng):
+    # n·k = 4100 rows: the default blocking cuts the symmetric square into two block rows.
+    check("full", 410, 410, 64, 10, 48, torch.float32, True, device="cuda", gen=rng)
+    check("trace", 2300, 2300, 16, 2, 24, torch.float32, True, device="cuda", gen=rng)
 
 
 @pytest.mark.cuda

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-import lplr_fast.training.loop as loop
 from lplr_fast import Diagnostics, RunResult, eig_bounds, empirical_ntk, train
 from lplr_fast.cli import main as cli_main
 from lplr_fast.spectrum import as_matrix
+from lplr_fast.training import StopTraining
 from lplr_fast.training.config import loss_scale
 
 
@@ -63,9 +63,14 @@ def test_rate_no_worse_than_predicted_when_local():
     s = result.summary
     assert s["stayed_local"], s
     assert s["fitted_rate"] <= s["predicted_rate"], s
-    assert s["lambda0"] > 0 and s["mu_cert_final"] > 0
+    assert s["lambda0"] > 0 and s["mu_region_est_final"] > 0
+    assert s["pl_certified_along_path"] and s["pl_cert_min"] > 0
+    assert s["pl_cert_min"] == min(r for r in result.column("lambda_min_lower") if r == r)
+    assert s["envelope_held"] is True and 0 < s["envelope_worst_ratio"] <= 1
     assert s["max_param_drift"] == max(result.column("param_drift"))
     assert "stayed in a locally PL region" in s["verdict"]
+    assert "PL certified at every NTK step" in s["verdict"]
+    assert "PL envelope held" in s["verdict"]
     assert s["step_size_ok"] == (lr <= 1 / s["beta_est"])
 
 
@@ -102,49 +107,87 @@ def _same_history(a: list[dict], b: list[dict]) -> None:
             assert va == vb or (math.isnan(va) and math.isnan(vb)), (ra["step"], key, va, vb)
 
 
+def _stop_at(step_to_stop: int, exc: type[BaseException] = StopTraining):
+    def on_step(step: int) -> None:
+        if step == step_to_stop:
+            raise exc
+
+    return on_step
+
+
 @pytest.mark.parametrize("optimizer", ["gd", "sgd"])
-def test_resume_after_ctrl_c_reproduces_history(optimizer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("exc", [StopTraining, KeyboardInterrupt])
+def test_resume_after_stop_reproduces_history(optimizer, exc, tmp_path):
     x, y, kwargs, full = _reference_run(optimizer, tmp_path)
-    original = loop._cheap_row
-
-    def interrupt(step, *args, **kw):
-        if step == 23 or step == 24:
-            raise KeyboardInterrupt
-        return original(step, *args, **kw)
-
-    monkeypatch.setattr(loop, "_cheap_row", interrupt)
-    first = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
-    assert first.summary["status"].startswith("interrupted at step")
-    monkeypatch.setattr(loop, "_cheap_row", original)
+    first = train(wide_mlp(width=256), x, y, out_dir=tmp_path, on_step=_stop_at(23, exc), **kwargs)
+    assert first.summary["status"] == "interrupted at step 23"
+    assert [r["step"] for r in first.history][-1] == 22
+    assert RunResult.load(tmp_path).history[-1]["step"] == 22
     resumed = train(wide_mlp(width=256, seed=99), x, y, out_dir=tmp_path, **kwargs)
     _same_history(resumed.history, full.history)
     assert resumed.summary["fitted_rate"] == full.summary["fitted_rate"]
 
 
 @pytest.mark.parametrize("optimizer", ["gd", "sgd"])
-def test_resume_after_crash_reproduces_history(optimizer, tmp_path, monkeypatch):
+def test_resume_after_crash_reproduces_history(optimizer, tmp_path):
     x, y, kwargs, full = _reference_run(optimizer, tmp_path)
-    original = loop._cheap_row
-
-    def crash(step, *args, **kw):
-        if step == 26:
-            raise RuntimeError("simulated kill")
-        return original(step, *args, **kw)
-
-    monkeypatch.setattr(loop, "_cheap_row", crash)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
+    crash = _stop_at(26, RuntimeError)
+    with pytest.raises(RuntimeError):
+        train(wide_mlp(width=256), x, y, out_dir=tmp_path, on_step=crash, **kwargs)
     on_disk = RunResult.load(tmp_path)
     assert on_disk.history[-1]["step"] < 20  # written at the step-20 checkpoint
-    monkeypatch.setattr(loop, "_cheap_row", original)
     resumed = train(wide_mlp(width=256, seed=5), x, y, out_dir=tmp_path, **kwargs)
     _same_history(resumed.history, full.history)
-    # a completed run resumed again changes nothing; a longer one continues
+    # a completed run resumed again is a no-op (no file rewritten); a longer one continues
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     again = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
     _same_history(again.history, full.history)
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     longer = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **{**kwargs, "steps": 50})
     _, _, _, full50 = _reference_run(optimizer, tmp_path, steps=50)
     _same_history(longer.history, full50.history)
+
+
+def test_extending_a_run_matches_the_longer_run_when_the_end_was_not_logged(tmp_path):
+    """The last step is always logged; in a longer run the same step may not be. The stored
+    maxima must not include it."""
+    x, y = data(n=16)
+    kwargs = dict(lr=0.05, diagnostics=Diagnostics(every=5, ntk_every=5))
+    train(wide_mlp(width=128), x, y, steps=12, out_dir=tmp_path, **kwargs)
+    longer = train(wide_mlp(width=128), x, y, steps=20, out_dir=tmp_path, **kwargs)
+    direct = train(wide_mlp(width=128), x, y, steps=20, **kwargs)
+    assert 12 not in [r["step"] for r in direct.history]
+    _same_history(longer.history, direct.history)
+
+
+def test_auto_lr_is_derived_once_and_reused(tmp_path):
+    x, y = data(n=16)
+    kwargs = dict(lr="auto", lr_fraction=0.5, steps=12, diagnostics=Diagnostics(ntk_every=4))
+    first = train(wide_mlp(width=128), x, y, out_dir=tmp_path, on_step=_stop_at(5), **kwargs)
+    derived = (tmp_path / "derived.pt").read_bytes()
+    assert first.config["lr_requested"] == "auto" and first.config["lr_fraction"] == 0.5
+    assert first.config["lr"] == 0.5 / first.config["beta0_upper"]
+    resumed = train(wide_mlp(width=128), x, y, out_dir=tmp_path, **kwargs)
+    assert (tmp_path / "derived.pt").read_bytes() == derived
+    assert {r["lr"] for r in resumed.history} == {first.config["lr"]}
+    assert resumed.history[0]["lambda_max_upper"] == first.config["beta0_upper"]
+    with pytest.raises(ValueError, match="differs in lr_fraction"):
+        train(wide_mlp(width=128), x, y, out_dir=tmp_path, **{**kwargs, "lr_fraction": 0.4})
+    with pytest.raises(ValueError, match="differs in lr"):
+        train(wide_mlp(width=128), x, y, out_dir=tmp_path, **{**kwargs, "lr": first.config["lr"]})
+
+
+def test_start_with_a_different_initial_model_is_refused(tmp_path):
+    x, y = data(n=16)
+    kwargs = dict(lr=0.05, steps=6, diagnostics=Diagnostics(ntk_every=3))
+    train(wide_mlp(width=64), x, y, out_dir=tmp_path, on_step=_stop_at(0), **kwargs)
+    (tmp_path / "checkpoint.pt").unlink()  # as if killed after deriving, before a checkpoint
+    with pytest.raises(ValueError, match="initial ones"):
+        train(wide_mlp(width=64, seed=1), x, y, out_dir=tmp_path, **kwargs)
+    done = train(wide_mlp(width=64), x, y, out_dir=tmp_path, **kwargs)
+    assert done.summary["status"] == "completed"
+    with pytest.raises(ValueError, match="cannot shrink"):
+        train(wide_mlp(width=64), x, y, out_dir=tmp_path, **{**kwargs, "steps": 4})
 
 
 def test_files_written_and_readable(tmp_path):
@@ -162,8 +205,9 @@ def test_files_written_and_readable(tmp_path):
     assert rows[1]["lambda_min_lower"] == "" and rows[2]["lambda_min_lower"] != ""
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("lambda0", "pl_envelope", "fitted_rate", "fit_r2", "predicted_rate",
-                "max_param_drift", "L_theta_est", "mu_cert_final", "step_size_ok",
-                "stayed_local", "verdict"):  # fmt: skip
+                "max_param_drift", "L_theta_est", "mu_region_est_final", "step_size_ok",
+                "stayed_local", "pl_cert_min", "pl_certified_along_path", "envelope_held",
+                "envelope_worst_ratio", "verdict"):  # fmt: skip
         assert key in summary
     loaded = RunResult.load(tmp_path)
     _same_history(loaded.history, result.history)
@@ -186,6 +230,9 @@ def test_subset_and_trace_are_labelled():
     result = train(wide_mlp(k=2, width=128), x, y, lr=0.05, steps=4, diagnostics=diagnostics)
     assert result.config["ntk_samples"] == 5
     assert result.summary["pl_bounds_comparable"] is False
+    assert result.summary["pl_certified_along_path"] is False
+    assert math.isnan(result.summary["pl_cert_min"]) and result.summary["envelope_held"] is None
+    assert "PL not certified: the NTK is a subset or trace kernel" in result.summary["verdict"]
     assert math.isfinite(result.history[0]["lambda_min_lower"])
 
 
@@ -240,7 +287,7 @@ def test_cli_train_and_plot(tmp_path):
     assert RunResult.load(out).history[-1]["step"] == 8
     pytest.importorskip("matplotlib")
     assert cli_main(["plot", str(out)]) == 0
-    for name in ("suboptimality.png", "pl_ratio.png", "drift.png", "mu_cert.png"):
+    for name in ("suboptimality.png", "pl_ratio.png", "drift.png", "mu_region_est.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -259,3 +306,68 @@ def test_cli_config_errors(tmp_path, capsys):
     assert "unknown section" in capsys.readouterr().err
     assert cli_main(["train", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
     assert cli_main(["plot", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path):
+    x, y = data(n=8)
+    kwargs = dict(lr=0.05, steps=2, out_dir=tmp_path, diagnostics=Diagnostics(ntk_every=2))
+    seen = []
+
+    def nested(step: int) -> None:
+        if step == 1 and not seen:  # a second run of the same folder while the first runs
+            with pytest.raises(RuntimeError, match="in use by another running process"):
+                train(wide_mlp(width=32), x, y, **kwargs)
+            seen.append(step)
+
+    # flock locks are per open file description: the nested call opens its own, so it is
+    # refused exactly as another process would be
+    done = train(wide_mlp(width=32), x, y, on_step=nested, **kwargs)
+    assert seen == [1] and done.summary["status"] == "completed"
+
+
+def test_numpy_numbers_and_resume_false(tmp_path):
+    import numpy as np
+
+    x, y = data(n=8)
+    kwargs = dict(steps=3, out_dir=tmp_path, diagnostics=Diagnostics(ntk_every=3))
+    first = train(wide_mlp(width=32), x, y, lr=np.float64(0.05), momentum=np.float32(0.5),
+                  **kwargs)  # fmt: skip
+    again = train(wide_mlp(width=32), x, y, lr=0.05, momentum=0.5, **kwargs)
+    _same_history(again.history, first.history)
+    other = train(wide_mlp(width=32), x, y, lr=0.02, resume=False, **kwargs)
+    assert RunResult.load(tmp_path).config["lr"] == other.config["lr"] == 0.02
+
+
+def test_cli_device_errors(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\nn = 6\n[model]\nwidth = 8\n[train]\nsteps = 1\n")
+    args = ["train", str(config), "--out", str(tmp_path / "a"), "--device"]
+    assert cli_main([*args, "tpu"]) == 2
+    assert "--device must be cpu or cuda" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli_main([*args, "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_packaged_example_config_is_found_by_name(tmp_path, capsys):
+    from lplr_fast.training.runconfig import example_configs, load_config
+
+    assert "teacher" in example_configs()
+    assert load_config("teacher")["train"]["lr"] == "auto"
+    assert cli_main(["train", "no-such-example", "--out", str(tmp_path)]) == 2
+    assert "packaged examples ['teacher'" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_training_on_cuda_stays_there_and_matches_cpu(tmp_path):
+    x, y = data(n=12)
+    kwargs = dict(lr="auto", steps=10, diagnostics=Diagnostics(every=1, ntk_every=5))
+    on_cpu = train(wide_mlp(width=256), x, y, **kwargs)
+    model = wide_mlp(width=256).cuda()
+    on_gpu = train(model, x, y, out_dir=tmp_path, on_step=_stop_at(6), **kwargs)
+    assert next(model.parameters()).is_cuda
+    on_gpu = train(wide_mlp(width=256).cuda(), x, y, out_dir=tmp_path, **kwargs)
+    for a, b in zip(on_cpu.history, on_gpu.history, strict=True):
+        for key in ("loss", "grad_norm_sq", "lambda_min_lower", "lambda_max_upper"):
+            if key in a and a[key] == a[key]:
+                assert math.isclose(a[key], b[key], rel_tol=1e-6, abs_tol=1e-12), (key, a, b)

@@ -36,6 +36,7 @@ from .rules import (
     ConvRoute,
     Features,
     Group,
+    SpatialFeatures,
     accumulate_pair,
     default_chunk,
     feature_bytes_per_sample,
@@ -43,7 +44,8 @@ from .rules import (
     implied_gradients,
     route_features,
 )
-from .stream import DenseAssembly, Tile, check_consumer, feed, transpose_tile, wants_parts
+from .stream import DenseAssembly, Tile, check_consumer, feed, wants_parts
+from .symmetry import symmetrize_
 from .validation import (
     BufferGuard,
     check_inputs,
@@ -284,7 +286,18 @@ def _choose_block_size(job: _Job, per_sample: int, k: int, n_parts: int) -> int:
     esize = torch.finfo(job.out_dtype).bits // 8
     by_features = budget // (4 * per_sample)
     by_tile = int(math.sqrt(budget / (4 * kk * esize * (n_parts + 1))))
-    return int(max(1, min(job.x1.shape[0], by_features, by_tile, 4096)))
+    largest = int(max(1, min(job.x1.shape[0], by_features, by_tile, 4096)))
+    return balanced_block(job.x1.shape[0], largest)
+
+
+def balanced_block(n: int, largest: int) -> int:
+    """Block size for n samples with blocks of at most ``largest``: the fewest blocks, of
+    near-equal sizes (no ragged sliver of a tile), rounded up to a multiple of 32 when that
+    still respects ``largest``."""
+    count = -(-n // largest)
+    block = -(-n // count)
+    rounded = -(-block // 32) * 32
+    return rounded if rounded <= largest else block
 
 
 @dataclass
@@ -381,9 +394,20 @@ def _tiles(
                 targets = dict.fromkeys(part_of, parts[TOTAL])
             with full_precision():
                 _pair_blocks(targets, f1, f2, job.compute)
-            if diagonal:  # exact symmetry on the diagonal tiles (routes without mirroring)
-                parts = {n: 0.5 * (p + transpose_tile(p, job.compute)) for n, p in parts.items()}
+                if diagonal and (x1.device.type != "cpu" or _needs_symmetrising(f1)):
+                    for part in parts.values():
+                        symmetrize_(part, job.compute)
             yield r, c, _tile_total(parts), ({} if TOTAL in parts else parts)
+
+
+def _needs_symmetrising(features: dict[str, list[Features]]) -> bool:
+    """Whether a diagonal tile may come out not exactly symmetric on the CPU: the CPU Gram
+    kernel mirrors its upper triangle, but the ghost spatial contraction and the cross pairs
+    of a module used several times compute both triangles with different roundings. (On a
+    GPU the GEMM route computes both triangles of diagonal blocks: always symmetrised.)"""
+    return any(
+        len(uses) > 1 or isinstance(f, SpatialFeatures) for uses in features.values() for f in uses
+    )
 
 
 def _tile_total(parts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -628,6 +652,7 @@ def empirical_ntk(
         if on_mismatch == "raise":
             raise
         _fallback(job, dense, err, tiles)
+    dense.finish()
     if defer:
         _feed_stored(consumers, dense, tiles)
     if return_layers:
@@ -644,6 +669,7 @@ def _fallback(job: _Job, dense: DenseAssembly, err: ProbeMismatchError, tiles: l
     )
     parts = _reference_parts(job, "jacobian", False, None)
     whole1, whole2 = slice(0, job.x1.shape[0]), slice(0, job.n2)
+    dense.finish()  # pending host writes of the failed pass land first
     symmetric, dense.symmetric = dense.symmetric, False
     try:
         feed(dense, whole1, whole2, sum(parts.values()), parts)

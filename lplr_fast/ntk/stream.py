@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..gram import gram_out_shape
+from .host_writer import HostTileWriter, is_host
 
 Tile = tuple[slice, slice]
 
@@ -106,6 +107,7 @@ class DenseAssembly:
         self.result: torch.Tensor | np.ndarray | None = out
         self.parts: dict[str, torch.Tensor] = {}
         self._shape: tuple[int, ...] | None = None
+        self._writer: HostTileWriter | None = None
 
     def _target(self, layer: str | None, tile: torch.Tensor) -> torch.Tensor | np.ndarray:
         if self._shape is None:
@@ -127,10 +129,35 @@ class DenseAssembly:
         return self.parts[layer]
 
     def update(self, rows: slice, cols: slice, tile: torch.Tensor, layer: str | None = None):
+        if self._adopt(rows, cols, tile, layer):
+            return
         dest = self._target(layer, tile)
-        write_block(dest, rows, cols, tile)
+        self._write(dest, rows, cols, tile)
         if self.symmetric and rows != cols:
-            write_block(dest, cols, rows, transpose_tile(tile, self.compute))
+            self._write(dest, cols, rows, transpose_tile(tile, self.compute))
+
+    def _adopt(self, rows: slice, cols: slice, tile: torch.Tensor, layer: str | None) -> bool:
+        """A single tile covering the whole kernel becomes the result (no copy)."""
+        whole = rows == slice(0, self.n1) and cols == slice(0, self.n2)
+        if not whole or layer is not None or self.result is not None:
+            return False
+        if tile.dtype != self.dtype or tile.device != self.device or not tile.is_contiguous():
+            return False
+        self.result = tile
+        return True
+
+    def _write(self, dest: torch.Tensor | np.ndarray, r: slice, c: slice, tile: torch.Tensor):
+        if tile.device.type == "cuda" and is_host(dest):  # overlap the copy with compute
+            if self._writer is None:
+                self._writer = HostTileWriter(tile.device)
+            self._writer.submit(dest, r, c, tile)
+        else:
+            write_block(dest, r, c, tile)
+
+    def finish(self) -> None:
+        """Complete the pending host writes (call once after the last tile)."""
+        if self._writer is not None:
+            self._writer.flush()
 
 
 __all__ = [

@@ -1,16 +1,26 @@
-"""NTK drift ‖Θ₁ − Θ₀‖ in the operator (2-) norm or the Frobenius norm.
+"""NTK drift ‖K₁ − K₀‖ in the operator (2-) norm or the Frobenius norm.
 
-Inputs may be stored kernels (square matrices or (n, n, k, k) NTKs), matrix-free operators
-(``shape`` + ``matvec``, e.g. :class:`lplr_fast.NTKOperator`) or tile generators (the
-``((rows, cols), tile)`` pairs of :func:`lplr_fast.ntk_blocks` with x2=None).
+Inputs may be stored kernels (square matrices or (n, n, k, k) NTKs, tensors or numpy
+arrays), matrix-free operators (``shape`` + ``matvec``, e.g. :class:`lplr_fast.NTKOperator`)
+or tile generators (the ``((rows, cols), tile)`` pairs of :func:`lplr_fast.ntk_blocks` with
+x2=None). What is measured is the exact difference D = K₁ − K₀ of the kernels as given.
 
-* stored: Frobenius exactly; 2-norm = max(λ_max(D), −λ_min(D)) from the certified brackets
-  of :func:`eig_bounds` on D = Θ₁ − Θ₀.
-* operators: 2-norm from Lanczos on v ↦ Θ₁v − Θ₀v: the largest |Ritz value| is a lower
-  bound (Ritz values lie in [λ_min, λ_max]); the upper end adds the Ritz residual and is an
-  estimate, not certified. Frobenius exactly by applying D to every basis vector (N products).
-* tiles: Frobenius exactly; 2-norm bracketed by the streaming bounds of D (Gershgorin row
-  sums and ‖D‖_F above, max |d_ii| and ‖D‖_F/√N below), all rigorous but looser.
+* stored (certified): D̂ = fl(K₁ − K₀) in float64. A difference has no underflow error, so
+  D̂ = D + Δ with |Δ| ≤ u|D| ≤ 2u|D̂| entrywise and ‖Δ‖₂ ≤ ‖Δ‖_F ≤ 2u‖D̂‖_F. Frobenius:
+  ‖D̂‖_F enclosed by a scaled sum of squares (row sums, then their sum: Lemma S with depth
+  2N + 1), widened by 2u‖D̂‖_F. 2-norm: ‖sym D̂‖₂ = max(λ_max, −λ_min) from the certified
+  brackets of :func:`eig_bounds` (which scales D̂ itself), ‖D̂‖₂ ≤ ‖sym D̂‖₂ + ‖D̂ − D̂ᵀ‖_F/2
+  and ≤ ‖D̂‖_F, widened by 2u‖D̂‖_F. Above 12 000 rows eig_bounds only estimates; its
+  Rayleigh-quotient ends still give a rigorous lower end and ‖D̂‖_F the upper end (a loose
+  but certified bracket, method "lanczos"). A difference beyond the float64 range is an
+  OverflowError.
+* tiles (certified): the same D̂ tile by tile into :class:`StreamingBounds` (upper=True,
+  psd=False); ‖M‖_F enclosed from the streamed sums, ‖S‖₂ (S = sym M) bracketed by its
+  eigenvalue bounds and ‖S‖_F/√N from below, ‖M‖₂ ≤ ‖S‖₂ + ‖M − Mᵀ‖_F/2; rigorous but looser.
+* operators (estimates, ``certified=False``): 2-norm from Lanczos on v ↦ K₁v − K₀v (largest
+  |Ritz value| below, plus the Ritz residual above); Frobenius from the N products with the
+  basis vectors. The operators' own rounding is not bounded, so neither is labelled
+  certified. A stored kernel mixed with an operator is used as an operator.
 """
 
 from __future__ import annotations
@@ -19,21 +29,36 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any, Literal
 
 import torch
 
-from .bounds import SymmetricOperator, as_matrix, eig_bounds
-from .certify import UNIT_ROUNDOFF
+from .bounds import SymmetricOperator, bounds_of_prepared, prepare_matrix
+from .inputs import as_matrix, as_real_tensor, nonfinite_error
 from .lanczos import lanczos
+from .native import square_stats
+from .rounding import (
+    UNIT_ROUNDOFF,
+    down,
+    require_gradual_underflow,
+    safe_norm,
+    scale_exponent,
+    scale_tensor,
+    sqrt_bounds,
+    sum_bounds_fraction,
+    unscale,
+    up,
+)
 from .streaming import StreamingBounds
+
+_TWO_U = 2.0 * UNIT_ROUNDOFF
 
 
 @dataclass(frozen=True)
 class NormBounds:
-    """‖Θ₁ − Θ₀‖ ∈ [lower, upper]; ``value`` is the best single number (exact for "fro" on
-    stored kernels and tiles, the midpoint of the bracket for the 2-norm). ``certified``:
-    both ends are rigorous."""
+    """‖K₁ − K₀‖ ∈ [lower, upper]; ``value`` is the midpoint of the bracket. ``certified``:
+    both ends are rigorous (otherwise they are estimates)."""
 
     value: float
     lower: float
@@ -50,6 +75,12 @@ class NormBounds:
         return asdict(self)
 
 
+def _result(lo: float, hi: float, certified: bool, ord: str, method: str, t0: float):
+    lo = max(lo, 0.0)
+    value = hi if not math.isfinite(hi) else 0.5 * lo + 0.5 * hi
+    return NormBounds(value, lo, hi, certified, ord, method, time.perf_counter() - t0)
+
+
 class _Difference:
     def __init__(self, op0: SymmetricOperator, op1: SymmetricOperator) -> None:
         if tuple(op0.shape) != tuple(op1.shape):
@@ -63,8 +94,12 @@ class _Difference:
         return self.op1.matvec(v) - self.op0.matvec(v)
 
 
+def _is_stored(k: object) -> bool:
+    return torch.is_tensor(k) or hasattr(k, "__array__")
+
+
 def _is_operator(k: object) -> bool:
-    return hasattr(k, "matvec") and hasattr(k, "shape") and not torch.is_tensor(k)
+    return hasattr(k, "matvec") and hasattr(k, "shape") and not _is_stored(k)
 
 
 def ntk_distance(
@@ -87,47 +122,108 @@ def ntk_distance(
 
     Returns:
         A :class:`NormBounds`; ``float(result)`` is the value.
+
+    Raises:
+        TypeError / ValueError: bad inputs (named K0 / K1), NaN/Inf entries, mismatched
+            shapes or tiles. OverflowError: the difference exceeds the float64 range.
     """
     t0 = time.perf_counter()
     if ord not in (2, "fro"):
         raise ValueError(f"ord must be 2 or 'fro', got {ord!r}")
-    if torch.is_tensor(K0) and torch.is_tensor(K1):
+    if _is_stored(K0) and _is_stored(K1):
         return _stored(K0, K1, ord, rtol, t0)
     if _is_operator(K0) or _is_operator(K1):
-        return _operators(_as_operator(K0), _as_operator(K1), ord, rtol, t0)
+        return _operators(_as_operator(K0, "K0"), _as_operator(K1, "K1"), ord, rtol, t0)
+    if _is_stored(K0) or _is_stored(K1):
+        raise TypeError("a stored kernel cannot be compared with a tile stream; pass two of a kind")
     if n is None:
         raise ValueError("n (the number of samples) is required when K0 and K1 are tile streams")
     return _tiles(K0, K1, ord, n, t0)  # type: ignore[arg-type]
 
 
-def _stored(k0: torch.Tensor, k1: torch.Tensor, ord, rtol: float, t0: float) -> NormBounds:
-    a0, a1 = as_matrix(k0), as_matrix(k1)
+def _difference(a0: torch.Tensor, a1: torch.Tensor, what: str) -> torch.Tensor:
+    """fl(a1 − a0) in float64 after checking both are finite and on one device."""
+    if a0.device != a1.device:
+        raise ValueError(f"K0{what} is on {a0.device} and K1{what} on {a1.device}: move one")
+    for name, a in (("K0", a0), ("K1", a1)):
+        bad = int((~torch.isfinite(a)).sum())
+        if bad:
+            raise nonfinite_error(f"{name}{what}", bad)
+    d = a1.to(torch.float64) - a0.to(torch.float64)
+    if not bool(torch.isfinite(d).all()):
+        raise OverflowError(
+            f"K1 − K0{what} exceeds the float64 range: scale both kernels by a power of two"
+        )
+    return d
+
+
+def frobenius_bounds(t: torch.Tensor) -> tuple[float, float]:
+    """Certified [lo, hi] ∋ ‖t‖_F of a finite float tensor: scaled by a power of two when
+    its entries leave the safe window, squares summed by rows then over rows (Lemma S,
+    depth ≤ 2·max(shape) + 1 per term), bounds mapped back outward."""
+    t2 = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(1, -1)
+    top = float(t2.abs().max()) if t2.numel() else 0.0
+    if top == 0.0:
+        return 0.0, 0.0
+    e = scale_exponent(top)
+    s = scale_tensor(t2, e)
+    total = float((s * s).sum(dim=1).sum())
+    entries = s.numel()
+    lo, hi = sum_bounds_fraction(total, depth=sum(s.shape) + 1, ops=entries)
+    if e < 0:  # entries made subnormal moved by ≤ 2⁻¹⁰⁷⁴ each: |(s + ε)² − s²| ≤ 2⁻¹⁰⁷²
+        slack = entries * Fraction(2) ** -1072
+        lo, hi = max(lo - slack, Fraction(0)), hi + slack
+    f_lo, f_hi = sqrt_bounds(lo, hi)
+    return unscale(f_lo, -e, upward=False), unscale(f_hi, -e, upward=True)
+
+
+def _widen(lo: float, hi: float, fro_hi: float) -> tuple[float, float]:
+    """[lo, hi] of a norm of D̂ → of D (‖D − D̂‖ ≤ 2u‖D̂‖_F ≤ 2u·fro_hi)."""
+    delta = up(_TWO_U * fro_hi)
+    return down(lo - delta), up(hi + delta)
+
+
+def _stored(k0: object, k1: object, ord, rtol: float, t0: float) -> NormBounds:
+    t_0, t_1 = as_real_tensor(k0, "K0"), as_real_tensor(k1, "K1")
+    eps = max(_eps(k0, t_0), _eps(k1, t_1))
+    a0, a1 = as_matrix(t_0, "K0"), as_matrix(t_1, "K1")
     if a0.shape != a1.shape:
         raise ValueError(f"kernels differ in shape: {tuple(a0.shape)} vs {tuple(a1.shape)}")
-    d = a1.double() - a0.double()
+    if a0.numel() == 0:
+        raise ValueError("K0 and K1 are empty")
+    require_gradual_underflow()
+    d = _difference(a0, a1, "")
+    fro_lo, fro_hi = frobenius_bounds(d)
     if ord == "fro":
-        value = float(d.norm())
-        err = 2 * (d.numel() + 2) * UNIT_ROUNDOFF * value
-        return NormBounds(
-            value, value - err, value + err, True, "fro", "exact", time.perf_counter() - t0
-        )
-    b = eig_bounds(d, rtol=rtol)
-    lower = max(b.lambda_max_lower, -b.lambda_min_upper, 0.0)
-    upper = max(b.lambda_max_upper, -b.lambda_min_lower)
-    return NormBounds(
-        0.5 * (lower + upper),
-        lower,
-        upper,
-        b.certified_min and b.certified_max,
-        "2",
-        b.method,
-        time.perf_counter() - t0,
-    )
+        lo, hi = _widen(fro_lo, fro_hi, fro_hi)
+        return _result(lo, hi, True, "fro", "exact", t0)
+    prep = prepare_matrix(d, "K1 − K0", eps=eps)
+    b = bounds_of_prepared(prep, rtol=rtol, what="K1 − K0")
+    sym_lo = max(b.lambda_max_lower, -b.lambda_min_upper, 0.0)
+    sym_hi = max(b.lambda_max_upper, -b.lambda_min_lower)
+    skew = unscale(prep.extra, -prep.exponent, upward=True)  # ≥ ‖D̂ − D̂ᵀ‖_F / 2
+    # ‖D̂‖₂ ≤ ‖D̂‖_F keeps the upper end finite when eig_bounds only estimates (n > 12 000:
+    # Lanczos, whose Rayleigh-quotient lower ends stay rigorous), so the bracket is certified
+    lo, hi = _widen(sym_lo, min(up(sym_hi + skew), fro_hi), fro_hi)
+    return _result(lo, hi, True, "2", b.method, t0)
+
+
+def _eps(k: object, t: torch.Tensor) -> float:
+    dtype = getattr(k, "dtype", t.dtype)
+    try:
+        return float(torch.finfo(dtype).eps)
+    except TypeError:  # a numpy dtype
+        import numpy as np
+
+        return float(np.finfo(dtype).eps)
 
 
 class _Stored:
-    def __init__(self, k: torch.Tensor) -> None:
-        self.a = as_matrix(k)
+    def __init__(self, k: object, name: str) -> None:
+        self.a = as_matrix(as_real_tensor(k, name), name)
+        stats = square_stats(self.a)
+        if stats.nonfinite:
+            raise nonfinite_error(name, stats.nonfinite)
         self.shape = tuple(self.a.shape)
         self.dtype, self.device = self.a.dtype, self.a.device
 
@@ -135,9 +231,9 @@ class _Stored:
         return self.a @ v.to(self.a.dtype)
 
 
-def _as_operator(k: object) -> SymmetricOperator:
-    if torch.is_tensor(k):
-        return _Stored(k)
+def _as_operator(k: object, name: str) -> SymmetricOperator:
+    if _is_stored(k):
+        return _Stored(k, name)
     if _is_operator(k):
         return k  # type: ignore[return-value]
     raise TypeError("a tile stream cannot be compared with an operator; pass two of a kind")
@@ -147,49 +243,45 @@ def _operators(op0, op1, ord, rtol: float, t0: float) -> NormBounds:
     diff = _Difference(op0, op1)
     size = int(diff.shape[0])
     if ord == "fro":
-        total = 0.0
+        norms = []
         for j in range(size):
             e = torch.zeros(size, dtype=diff.dtype, device=diff.device)
             e[j] = 1.0
-            total += float((diff.matvec(e).double() ** 2).sum())
-        value = math.sqrt(total)
-        return NormBounds(
-            value, value, value, False, "fro", "basis products", time.perf_counter() - t0
-        )
+            norms.append(safe_norm(diff.matvec(e).to(torch.float64)))
+        value = float(safe_norm(torch.stack(norms)))
+        if not math.isfinite(value):
+            raise ValueError("the operators' products are not finite (NaN/Inf)")
+        return _result(value, value, False, "fro", "basis products", t0)
     lz = lanczos(diff.matvec, size, dtype=diff.dtype, device=diff.device, rtol=rtol, want_min=True)
     lower = max(abs(lz.theta_min), abs(lz.theta_max))
     upper = max(abs(lz.theta_min) + lz.resid_min, abs(lz.theta_max) + lz.resid_max)
-    return NormBounds(
-        0.5 * (lower + upper), lower, upper, False, "2", "lanczos", time.perf_counter() - t0
-    )
+    return _result(lower, upper, False, "2", "lanczos", t0)
+
+
+def _tile_value(value: object, name: str) -> torch.Tensor:
+    tile = value[0] if isinstance(value, tuple) else value
+    return as_real_tensor(tile, name)
 
 
 def _tiles(s0: Iterable, s1: Iterable, ord, n: int, t0: float) -> NormBounds:
     stream = StreamingBounds(n, upper=True, psd=False)
-    for (tile0, t0_value), (tile1, t1_value) in zip(s0, s1, strict=True):
-        if tile0 != tile1:
-            raise ValueError(f"tile streams disagree: {tile0} vs {tile1}")
-        a = t0_value[0] if isinstance(t0_value, tuple) else t0_value
-        b = t1_value[0] if isinstance(t1_value, tuple) else t1_value
-        stream.update(tile0[0], tile0[1], b.double() - a.double())
+    for (key0, v0), (key1, v1) in zip(s0, s1, strict=True):
+        if key0 != key1:
+            raise ValueError(f"tile streams disagree: {key0} vs {key1}")
+        a, b = _tile_value(v0, "K0 tile"), _tile_value(v1, "K1 tile")
+        if a.shape != b.shape:
+            raise ValueError(
+                f"tiles at {key0} differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}"
+            )
+        stream.update(key0[0], key0[1], _difference(a, b, f" tile {key0}"))
+    fro_lo, fro_hi = stream.frobenius_bounds()
     if ord == "fro":
-        value = stream.frobenius
-        b = stream.bounds()
-        err = math.sqrt(b.margin_max)
-        return NormBounds(
-            value,
-            max(0.0, value - err),
-            value + err,
-            True,
-            "fro",
-            "tiles",
-            time.perf_counter() - t0,
-        )
+        lo, hi = _widen(fro_lo, fro_hi, fro_hi)
+        return _result(lo, hi, True, "fro", "tiles", t0)
     b = stream.bounds()
-    size = b.n
-    by_fro = stream.frobenius / math.sqrt(size) - math.sqrt(b.margin_max / size)  # Σλ² ≤ N‖D‖²
-    lower = max(b.lambda_max_lower, -b.lambda_min_upper, by_fro, 0.0)
-    upper = max(b.lambda_max_upper, -b.lambda_min_lower)
-    return NormBounds(
-        0.5 * (lower + upper), lower, upper, True, "2", "streaming", time.perf_counter() - t0
-    )
+    by_fro = down(stream.sym_frobenius_lower() / up(math.sqrt(b.n)))  # Σλ² ≤ N·‖S‖₂²
+    sym_lo = max(b.lambda_max_lower, -b.lambda_min_upper, by_fro, 0.0)
+    sym_hi = max(b.lambda_max_upper, -b.lambda_min_lower)
+    skew = up(stream.skew_frobenius_upper() / 2.0)
+    lo, hi = _widen(sym_lo, min(up(sym_hi + skew), fro_hi), fro_hi)
+    return _result(lo, hi, True, "2", "streaming", t0)

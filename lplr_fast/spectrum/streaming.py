@@ -1,32 +1,65 @@
 """Eigenvalue bounds of a symmetric matrix fed tile by tile, never stored.
 
-``StreamingBounds`` accumulates, per tile (one pass each, C++ on the CPU): the trace, the
-squared Frobenius norm, the diagonal's min and max, and the Gershgorin row sums. From them it
-gives rigorous (rounding-inflated) brackets:
+``StreamingBounds`` accumulates, per tile (one pass each, C++ on the CPU), rigorous
+enclosures of: the squared Frobenius norm (exact rationals, Lemma S of ``rounding.py`` per
+tile), the diagonal (stored exactly), the Gershgorin row sums (float64, in units of a
+running power of two) and, for diagonal blocks, the asymmetry. What it certifies are the
+eigenvalues of S = (M + Mᵀ)/2, where M is the matrix the tiles assemble (``upper=True``:
+tiles on or above the diagonal plus the mirror images of those strictly above it; for an
+exactly symmetric kernel S = M). From them:
 
-* λ_min ≥ Gershgorin lower end min_i (a_ii − Σ_{j≠i} |a_ij|), and ≥ 0 when the matrix is
-  declared PSD (an NTK is J Jᵀ); with per-layer parts fed too, the layer-additivity bound
-  λ_min(Σ_l Θ_l) ≥ Σ_l λ_min(Θ_l) ≥ Σ_l max(0, Gershgorin_l) (each Θ_l = J_l J_lᵀ is PSD);
-* λ_min ≤ min_i a_ii (a Rayleigh quotient eᵢᵀAeᵢ) and ≤ tr A / N;
-* λ_max ≥ max_i a_ii, ≥ tr A / N and, for PSD, ≥ ‖A‖_F / √N;
-* λ_max ≤ Gershgorin upper end, ≤ ‖A‖_F, and for PSD ≤ tr A.
+* λ_min ≥ Gershgorin lower end min_i (s_ii − r_i), r_i = Σ_{j≠i} |s_ij| ≤ (Σ_{j≠i} |m_ij| +
+  Σ_{j≠i} |m_ji|)/2; ≥ 0 when the matrix is declared PSD; with per-layer parts fed too,
+  λ_min(S) ≥ Σ_l λ_min(S_l) − ‖M − Σ_l M_l‖_F ≥ Σ_l max(0, Gershgorin_l) − ‖R‖_F (each part
+  declared PSD; R, the rounding of the total against the sum of its parts, is enclosed
+  tile by tile);
+* λ_min ≤ min_i s_ii (a Rayleigh quotient eᵢᵀSeᵢ) and ≤ tr S / N;
+* λ_max ≥ max_i s_ii, ≥ tr S / N and, for PSD with ``upper=True``, ≥ ‖S‖_F / √N with
+  ‖S‖_F² = ‖M‖_F² − ‖M − Mᵀ‖_F²/4 (the asymmetry of M lives in its diagonal blocks);
+* λ_max ≤ Gershgorin upper end, ≤ ‖S‖_F ≤ ‖M‖_F, and for PSD ≤ tr S.
+
+``psd=True`` is a promise that S (and each per-layer part) is positive semi-definite; the
+PSD bounds are certified for matrices that keep it. A floating-point NTK J Jᵀ can miss it
+by its own rounding: use psd=False for bounds on the stored numbers alone.
+
+Every scalar is rounded outward; a tile whose largest entry leaves [2^-256, 2^256) is
+scaled by a power of two before its reductions, so entries anywhere in the float64 range
+give valid bounds (an end beyond the range becomes ±inf on its outer side).
 
 Tiles: ``update(rows, cols, tile)`` with ``rows``/``cols`` slices of samples and ``tile`` a
-2-D block or an (r, c, k, k) NTK block (read sample-major, like :func:`eig_bounds`). With
-``upper=True`` (what ``ntk_blocks(model, x)`` yields) only tiles on or above the diagonal are
-fed and off-diagonal ones count for their mirror too; with ``upper=False`` every tile is fed.
+2-D block or an (r, c, k, k) NTK block (read sample-major, like :func:`eig_bounds`), a
+tensor or numpy array. With ``upper=True`` (what ``ntk_blocks(model, x)`` yields) every tile
+is a diagonal block (rows == cols) or lies strictly above the diagonal; with ``upper=False``
+any tiles. Tiles must not overlap, and bounds are given only once they cover the matrix
+exactly (``coverage.py``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 
 from .bounds import SpectrumBounds
-from .certify import UNIT_ROUNDOFF
+from .coverage import TileCoverage
+from .inputs import as_real_tensor, nonfinite_error
 from .native import tile_stats
+from .rounding import (
+    TINY,
+    UNIT_ROUNDOFF,
+    down,
+    exact_sum_bounds,
+    gamma_up,
+    require_gradual_underflow,
+    scale_exponent,
+    scale_tensor,
+    sqrt_bounds,
+    sum_bounds_fraction,
+    up,
+    vec_up,
+)
 
 
 def _as_2d(tile: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -44,19 +77,73 @@ def _as_2d(tile: torch.Tensor) -> tuple[torch.Tensor, int]:
     return tile, 1
 
 
+def _pow2(e: int) -> Fraction:
+    return Fraction(2) ** e
+
+
 @dataclass
 class _Accumulator:
-    n: int
-    trace: float = 0.0
-    sumsq: float = 0.0
-    abs_sum: float = 0.0  # Σ|a_ij| fed, for the rounding allowance of the sums
-    diag: torch.Tensor | None = None
-    radius: torch.Tensor | None = None
-    covered: int = 0
+    """Enclosures for one matrix (the total or one layer's part), N = samples × k."""
+
+    n_samples: int
+    size: int
+    upper: bool
+    coverage: TileCoverage = field(init=False)
+    diag: torch.Tensor = field(init=False)  # exact diagonal (NaN until fed)
+    rad: torch.Tensor = field(init=False)  # Gershgorin radii of S in units 2^exp
+    exp: int | None = None
+    rad_events: int = 0  # bound on the rounding events (absolute errors) per radius
+    sumsq: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0))  # ‖M‖_F² ∈ [lo, hi]
+    skew_hi: Fraction = Fraction(0)  # ‖M − Mᵀ‖_F² ≤ skew_hi (upper=True)
 
     def __post_init__(self) -> None:
-        self.diag = torch.full((self.n,), math.nan, dtype=torch.float64)
-        self.radius = torch.zeros(self.n, dtype=torch.float64)
+        self.coverage = TileCoverage(self.n_samples, self.upper)
+        self.diag = torch.full((self.size,), math.nan, dtype=torch.float64)
+        self.rad = torch.zeros(self.size, dtype=torch.float64)
+
+    def raise_exponent(self, needed: int) -> None:
+        """Make the radius units at least 2^needed (rescaling the stored radii)."""
+        if self.exp is None:
+            self.exp = needed
+        elif needed > self.exp:
+            self.rad = scale_tensor(self.rad, self.exp - needed)
+            self.exp = needed
+            self.rad_events += 2
+
+    def radius_upper(self) -> torch.Tensor:
+        """Certified upper bounds on the radii (absolute units, float64; may hold inf)."""
+        depth = self.size + self.coverage.tiles + 4
+        if depth * UNIT_ROUNDOFF > 0.25:
+            raise ValueError("kernel too large for the float64 rounding bounds")
+        slack = up(2.0 * self.rad_events * TINY)
+        factor = up(1.0 + 2.0 * depth * UNIT_ROUNDOFF)
+        r = vec_up(vec_up(self.rad + slack) * factor)
+        return vec_up(scale_tensor(r, self.exp or 0))
+
+
+@dataclass
+class _Pending:
+    """The latest total tile and the running difference to its parts (per-layer mode)."""
+
+    key: tuple[int, int, int, int]
+    exponent: int  # residual and abs sums are in units 2^-exponent
+    mirrored: bool
+    residual: torch.Tensor
+    abs_sum: torch.Tensor
+    layers: set[str] = field(default_factory=set)
+
+    def frob_sq_upper(self) -> Fraction:
+        """‖total − Σ parts‖_F² ≤ this (exact difference; see ``StreamingBounds``)."""
+        count = len(self.layers)
+        g = up(gamma_up(max(count, 1)) * up(1.0 + 2.0 * count * UNIT_ROUNDOFF))
+        scaling = up((count + 1) * 2.0**-1074)
+        bound = vec_up(vec_up(self.residual.abs() + vec_up(self.abs_sum * g)) + scaling)
+        if not bool(torch.isfinite(bound).all()):
+            return Fraction(-1)  # unbounded
+        entries = bound.numel()
+        _, hi = sum_bounds_fraction(float((bound * bound).sum()), depth=entries + 1, ops=entries)
+        hi *= _pow2(-2 * self.exponent)
+        return 2 * hi if self.mirrored else hi
 
 
 class StreamingBounds:
@@ -66,23 +153,26 @@ class StreamingBounds:
     Args:
         n: number of samples (rows of the kernel in sample units).
         upper: tiles on or above the diagonal only (mirror implied), or all tiles.
-        psd: the matrix is positive semi-definite by construction (an NTK); enables the
-            λ_min ≥ 0 and layer-additivity bounds and the PSD-only λ_max bounds. Those hold
-            for the exact kernel J Jᵀ; a stored floating-point NTK can differ from it by its
-            own rounding (use psd=False for bounds on the stored numbers alone).
+        psd: a promise that the (symmetric part of the) matrix is positive semi-definite (an
+            NTK); enables the λ_min ≥ 0 and layer-additivity bounds and the PSD-only λ_max
+            bounds. See the module docstring for what is certified.
         per_layer: when fed by ``empirical_ntk`` / ``ntk_blocks``, also accumulate every
-            module's part (for :meth:`layer_additivity_lower`).
+            module's part (for :meth:`layer_additivity_lower`); parts of a tile must be fed
+            right after the tile's total.
     """
 
     def __init__(
         self, n: int, *, upper: bool = True, psd: bool = True, per_layer: bool = False
     ) -> None:
-        if n < 1:
-            raise ValueError(f"n must be a positive number of samples, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive number of samples, got {n!r}")
         self.n, self.upper, self.psd, self.per_layer = int(n), upper, psd, per_layer
         self.k: int | None = None
         self._total: _Accumulator | None = None
         self._layers: dict[str, _Accumulator] = {}
+        self._pending: _Pending | None = None
+        self._residual_sq = Fraction(0)  # finished tiles' ‖total − Σ parts‖_F²
+        self._additivity_broken: str | None = None
         self.tiles = 0
 
     def expect(self, *, n1: int, n2: int, compute: str, symmetric: bool) -> None:
@@ -96,130 +186,251 @@ class StreamingBounds:
         if n1 != self.n:
             raise ValueError(f"bounds was made for n={self.n} samples, x1 has {n1}")
 
+    # -- feeding ---------------------------------------------------------------------------
     def _acc(self, layer: str | None, k: int) -> _Accumulator:
-        if self.k is None:
-            self.k = k
-        elif k != self.k:
+        if self.k is not None and k != self.k:
             raise ValueError(f"tile has {k} outputs per sample, earlier tiles had {self.k}")
         if layer is None:
             if self._total is None:
-                self._total = _Accumulator(self.n * k)
+                return _Accumulator(self.n, self.n * k, self.upper)
             return self._total
         if layer not in self._layers:
-            self._layers[layer] = _Accumulator(self.n * k)
+            return _Accumulator(self.n, self.n * k, self.upper)
         return self._layers[layer]
 
     def update(
         self, rows: slice, cols: slice, tile: torch.Tensor, layer: str | None = None
     ) -> None:
-        """Feed one tile Θ(rows, cols) of the total (``layer=None``) or of one layer's part."""
-        if not torch.is_tensor(tile) or not tile.is_floating_point():
-            raise TypeError("tile must be a floating-point tensor")
-        if rows.start is None or rows.stop is None or cols.start is None or cols.stop is None:
-            raise ValueError("rows and cols must be slices with explicit start and stop")
-        if not (0 <= rows.start < rows.stop <= self.n and 0 <= cols.start < cols.stop <= self.n):
-            raise ValueError(f"tile ({rows}, {cols}) lies outside a {self.n}-sample kernel")
-        t2, k = _as_2d(tile.detach())
-        if t2.shape != ((rows.stop - rows.start) * k, (cols.stop - cols.start) * k):
+        """Feed one tile Θ(rows, cols) of the total (``layer=None``) or of one layer's part
+        (every check is made before anything is recorded).
+
+        Raises:
+            TypeError / ValueError: a non-float tile, a bad shape, NaN/Inf entries, a tile
+                below the diagonal with ``upper=True``, or one overlapping an earlier tile.
+        """
+        t2, k = _as_2d(as_real_tensor(tile, "tile"))
+        probe = self._acc(layer, k)
+        r0s, r1s, c0s, c1s = probe.coverage.check(rows, cols)
+        if t2.shape != ((r1s - r0s) * k, (c1s - c0s) * k):
             raise ValueError(f"tile shape {tuple(tile.shape)} does not match ({rows}, {cols})")
-        mirrored = self.upper and rows != cols
-        if self.upper and cols.start < rows.start:
-            raise ValueError("with upper=True only tiles on or above the diagonal may be fed")
-        acc = self._acc(layer, k)
-        r0, c0 = rows.start * k, cols.start * k
+        require_gradual_underflow()
+        r0, c0 = r0s * k, c0s * k
         stats = tile_stats(t2, r0, c0)
         if stats.nonfinite:
-            raise ValueError(f"tile ({rows}, {cols}) contains {stats.nonfinite} NaN/Inf entries")
-        weight = 2.0 if mirrored else 1.0
-        acc.sumsq += weight * stats.sumsq
-        acc.abs_sum += weight * (float(stats.row_abs.sum()) + abs(stats.diag_sum))
-        acc.trace += stats.diag_sum
-        assert acc.diag is not None and acc.radius is not None
-        acc.radius[r0 : r0 + t2.shape[0]] += stats.row_abs
-        if mirrored:
-            acc.radius[c0 : c0 + t2.shape[1]] += stats.col_abs
-        lo, hi = max(r0, c0), min(r0 + t2.shape[0], c0 + t2.shape[1])
-        if lo < hi:  # the tile crosses the diagonal
-            acc.diag[lo:hi] = t2.diagonal(offset=c0 - r0).double().cpu()
-        acc.covered += int(t2.numel()) * (2 if mirrored else 1)
+            raise nonfinite_error(f"tile ({rows}, {cols})", stats.nonfinite)
+        # -- accepted: commit ------------------------------------------------------------
+        self.k = k
         if layer is None:
+            self._total = probe
             self.tiles += 1
+        else:
+            self._layers[layer] = probe
+        probe.coverage.add(r0s, r1s, c0s, c1s)
+        diagonal_block = self.upper and r0s == c0s
+        mirrored = self.upper and not diagonal_block
+        self._accumulate(probe, t2, r0, c0, stats, mirrored, diagonal_block)
+        if self.per_layer:
+            self._track_residual(layer, (r0s, r1s, c0s, c1s), t2, stats.max_abs, mirrored)
+
+    def _accumulate(self, acc, t2, r0, c0, stats, mirrored, diagonal_block) -> None:
+        r, c = t2.shape
+        lo, hi = max(r0, c0), min(r0 + r, c0 + c)
+        if lo < hi:  # the tile crosses the diagonal: keep it exactly
+            acc.diag[lo:hi] = t2.diagonal(offset=r0 - c0).to(torch.float64).cpu()
+        if stats.max_abs == 0.0:
+            return
+        e = scale_exponent(stats.max_abs)
+        if e != 0:  # outside the safe window: reductions of t2·2^e instead
+            t2 = scale_tensor(t2, e)
+            stats = tile_stats(t2, r0, c0)
+        units = -e  # the tile's value is t2·2^units (up to the rounding below)
+        rounded = r * c * TINY if e < 0 else 0.0  # entries made subnormal: ≤ 2⁻¹⁰⁷⁴ each
+        weight = 2 if mirrored else 1
+        s_lo, s_hi = sum_bounds_fraction(stats.sumsq, depth=r * c, ops=r * c)
+        s_lo, s_hi = max(Fraction(0), s_lo - Fraction(rounded)), s_hi + Fraction(rounded)
+        acc.sumsq = (
+            acc.sumsq[0] + weight * s_lo * _pow2(2 * units),
+            acc.sumsq[1] + weight * s_hi * _pow2(2 * units),
+        )
+        if diagonal_block:
+            acc.skew_hi += _skew_sq_upper(t2, rounded) * _pow2(2 * units)
+        self._add_radii(acc, stats, r0, c0, r, c, units, mirrored, diagonal_block, e < 0)
+
+    def _add_radii(self, acc, stats, r0, c0, r, c, units, mirrored, diagonal_block, lossy):
+        top = math.frexp(stats.max_abs)[1]  # entries < 2^top in tile units
+        acc.raise_exponent(units + top + acc.size.bit_length() + 1)
+        shift = units - (acc.exp or 0)
+        rows = scale_tensor(stats.row_abs, shift)
+        cols = scale_tensor(stats.col_abs, shift)
+        if mirrored:  # the tile and its mirror image
+            acc.rad[r0 : r0 + r] += rows
+            acc.rad[c0 : c0 + c] += cols
+        elif diagonal_block:
+            acc.rad[r0 : r0 + r] += (rows + cols) * 0.5
+        else:  # full mode: S's radius ≤ (row sum + column sum) / 2
+            acc.rad[r0 : r0 + r] += rows * 0.5
+            acc.rad[c0 : c0 + c] += cols * 0.5
+        acc.rad_events += 6 + ((r + c) if lossy else 0)
+
+    def _track_residual(self, layer, key, t2, max_abs, mirrored) -> None:
+        """Per-layer mode: enclose ‖total − Σ parts‖_F tile by tile (parts right after
+        their total), for the layer-additivity bound."""
+        if layer is None:
+            self._finish_pending()
+            e = scale_exponent(max_abs)
+            scaled = scale_tensor(t2, e)
+            self._pending = _Pending(key, e, mirrored, scaled.clone(), scaled.abs())
+            return
+        pending = self._pending
+        if pending is None or pending.key != key or layer in pending.layers:
+            self._additivity_broken = (
+                f"the part of layer {layer!r} for tile {key} was not fed right after that "
+                "tile's total"
+            )
+            return
+        part = scale_tensor(t2, pending.exponent)
+        pending.residual -= part
+        pending.abs_sum += part.abs()
+        pending.layers.add(layer)
+
+    def _finish_pending(self) -> None:
+        if self._pending is not None:
+            bound = self._pending.frob_sq_upper()
+            self._residual_sq = (
+                Fraction(-1) if bound < 0 or self._residual_sq < 0 else (self._residual_sq + bound)
+            )
+            self._pending = None
 
     # -- results ---------------------------------------------------------------------------
     def _complete(self, acc: _Accumulator | None, what: str) -> _Accumulator:
         if acc is None:
             raise ValueError(f"no tiles of {what} were fed")
-        if acc.covered != acc.n * acc.n:
+        if not acc.coverage.complete:
             raise ValueError(
-                f"{what}: tiles covered {acc.covered} of {acc.n * acc.n} entries; feed every "
-                "tile (upper=True: those on or above the diagonal) before asking for bounds"
+                f"{what}: {acc.coverage.describe()}; feed every tile (upper=True: those on or "
+                "above the diagonal) before asking for bounds"
             )
         return acc
 
-    def _slack(self, acc: _Accumulator) -> float:
-        """Rounding allowance of the accumulated float64 sums (γ_N · Σ|terms|, inflated)."""
-        return 2.0 * (acc.n + 2) * UNIT_ROUNDOFF * acc.abs_sum
+    def _kernel(self) -> _Accumulator:
+        return self._complete(self._total, "the kernel")
 
     @property
     def trace(self) -> float:
-        return self._complete(self._total, "the kernel").trace
+        """tr S (rounded to nearest; :meth:`trace_bounds` encloses it)."""
+        lo, hi = self.trace_bounds()
+        return lo if lo == hi else 0.5 * lo + 0.5 * hi
+
+    def trace_bounds(self) -> tuple[float, float]:
+        return exact_sum_bounds(self._kernel().diag)
 
     @property
     def frobenius(self) -> float:
-        return math.sqrt(self._complete(self._total, "the kernel").sumsq)
+        """‖M‖_F (midpoint of :meth:`frobenius_bounds`)."""
+        lo, hi = self.frobenius_bounds()
+        return 0.5 * lo + 0.5 * hi if math.isfinite(hi) else hi
+
+    def frobenius_bounds(self) -> tuple[float, float]:
+        """Certified [lo, hi] ∋ ‖M‖_F of the assembled matrix M."""
+        acc = self._kernel()
+        return sqrt_bounds(*acc.sumsq)
+
+    def sym_frobenius_lower(self) -> float:
+        """Certified lower bound on ‖S‖_F (upper=True; 0 otherwise: the asymmetry between
+        mirror tiles is not seen in full mode)."""
+        acc = self._kernel()
+        if not self.upper:
+            return 0.0
+        return sqrt_bounds(max(Fraction(0), acc.sumsq[0] - acc.skew_hi / 4), Fraction(0))[0]
+
+    def skew_frobenius_upper(self) -> float:
+        """Certified upper bound on ‖M − Mᵀ‖_F (upper=True; inf in full mode)."""
+        acc = self._kernel()
+        return sqrt_bounds(Fraction(0), acc.skew_hi)[1] if self.upper else math.inf
 
     @property
     def diagonal_min(self) -> float:
-        return float(self._complete(self._total, "the kernel").diag.min())  # type: ignore[union-attr]
+        return float(self._kernel().diag.min())
 
     @property
     def diagonal_max(self) -> float:
-        return float(self._complete(self._total, "the kernel").diag.max())  # type: ignore[union-attr]
+        return float(self._kernel().diag.max())
 
     def gershgorin(self, layer: str | None = None) -> tuple[float, float]:
-        """Gershgorin interval [min_i (a_ii − r_i), max_i (a_ii + r_i)] holding the spectrum."""
+        """Certified Gershgorin interval [min_i (s_ii − r_i), max_i (s_ii + r_i)] ⊇ spec(S)."""
         acc = self._complete(
-            self._total if layer is None else self._layers.get(layer), layer or "the kernel"
+            self._total if layer is None else self._layers.get(layer),
+            "the kernel" if layer is None else f"layer {layer!r}",
         )
-        assert acc.diag is not None and acc.radius is not None
-        slack = self._slack(acc)
-        lo = float((acc.diag - acc.radius).min()) - slack
-        hi = float((acc.diag + acc.radius).max()) + slack
-        return lo, hi
+        radius = acc.radius_upper()
+        lo = torch.nextafter(acc.diag - radius, torch.tensor(-math.inf, dtype=torch.float64))
+        hi = torch.nextafter(acc.diag + radius, torch.tensor(math.inf, dtype=torch.float64))
+        return float(lo.min()), float(hi.max())
 
     @property
     def layers(self) -> list[str]:
         return sorted(self._layers)
 
     def layer_additivity_lower(self) -> float:
-        """Σ_l max(0, Gershgorin lower end of Θ_l) ≤ λ_min(Σ_l Θ_l) (needs psd=True and per-layer
-        parts fed with ``layer=``)."""
+        """Σ_l max(0, Gershgorin lower end of S_l) − ‖M − Σ_l M_l‖_F ≤ λ_min(S) (needs psd=True,
+        per_layer=True and every part fed right after its total tile)."""
         if not self.psd:
             raise ValueError("the layer-additivity bound needs psd=True (every part J_l J_lᵀ)")
         if not self._layers:
             raise ValueError("no per-layer parts were fed (update(..., layer=name))")
-        return sum(max(0.0, self.gershgorin(name)[0]) for name in self._layers)
+        if not self.per_layer:
+            raise ValueError(
+                "the layer-additivity bound needs StreamingBounds(per_layer=True), which "
+                "checks that the parts add up to the total"
+            )
+        if self._additivity_broken:
+            raise ValueError(f"no layer-additivity bound: {self._additivity_broken}")
+        total = 0.0
+        for name in self._layers:
+            total = down(total + max(0.0, self.gershgorin(name)[0]))
+        residual = self._residual_sq
+        if residual >= 0 and self._pending is not None:
+            pending = self._pending.frob_sq_upper()
+            residual = Fraction(-1) if pending < 0 else residual + pending
+        if residual < 0:
+            return -math.inf
+        return down(total - sqrt_bounds(Fraction(0), residual)[1])
 
     def bounds(self) -> SpectrumBounds:
-        """The brackets listed in the module docstring, all rigorous (certified=True)."""
-        acc = self._complete(self._total, "the kernel")
-        assert acc.diag is not None
-        size, slack = acc.n, self._slack(acc)
+        """The brackets listed in the module docstring, all rigorous (certified=True);
+        ``margin_*`` are not used (NaN)."""
+        acc = self._kernel()
+        size = acc.size
+        tr_lo, tr_hi = self.trace_bounds()
         g_lo, g_hi = self.gershgorin()
-        fro = math.sqrt(acc.sumsq) * (1 + 4 * UNIT_ROUNDOFF) + math.sqrt(slack)
+        fro_hi = self.frobenius_bounds()[1]
+        d_min, d_max = float(acc.diag.min()), float(acc.diag.max())
         lo_min = g_lo
         if self.psd:
             lo_min = max(lo_min, 0.0)
-            if self._layers:
+            if self._layers and self.per_layer and not self._additivity_broken:
                 lo_min = max(lo_min, self.layer_additivity_lower())
-        mean = acc.trace / size
-        hi_min = min(float(acc.diag.min()), mean + slack / size)
-        lo_max = max(float(acc.diag.max()), mean - slack / size)
-        hi_max = min(g_hi, fro)
+        hi_min = min(d_min, up(tr_hi / size))
+        lo_max = max(d_max, down(tr_lo / size))
+        hi_max = min(g_hi, fro_hi)
         if self.psd:
-            lo_max = max(lo_max, math.sqrt(max(acc.sumsq - slack, 0.0) / size))
-            hi_max = min(hi_max, acc.trace + slack)
+            lo_max = max(lo_max, _div_sqrt_down(self.sym_frobenius_lower(), size))
+            hi_max = min(hi_max, tr_hi)
         return SpectrumBounds(
             lo_min, hi_min, lo_max, hi_max, True, True, "streaming", 0, 0.0, size,
-            slack, slack,
         )  # fmt: skip
+
+
+def _div_sqrt_down(x: float, size: int) -> float:
+    """A lower bound on x / √size."""
+    return down(x / up(math.sqrt(size)))
+
+
+def _skew_sq_upper(t2: torch.Tensor, rounded: float) -> Fraction:
+    """Upper bound on ‖T − Tᵀ‖_F² of the exact square tile (its entries moved by at most
+    ``rounded``/(r·c) each by a scaling): Lemma S, depth r² + 3, r² products."""
+    d = t2 - t2.T
+    r2 = d.numel()
+    total = float((d * d).sum())
+    _, hi = sum_bounds_fraction(total, depth=r2 + 3, ops=r2)
+    return hi + 8 * Fraction(rounded)

@@ -3,5 +3,6 @@
 from .config import Diagnostics
 from .loop import train
 from .result import RunResult
+from .state import StopTraining
 
-__all__ = ["Diagnostics", "RunResult", "train"]
+__all__ = ["Diagnostics", "RunResult", "StopTraining", "train"]

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..data import DATASETS, load_dataset
 from ..demo import build_mlp
-from ..ntk import empirical_ntk
-from ..spectrum import as_matrix, eig_bounds
-from .config import Diagnostics, loss_scale
+from .config import Diagnostics
 from .loop import train
 from .result import RunResult
 from .runconfig import ConfigError, load_config
 
 
 def run_from_config(
-    config_path: str | Path, out_dir: str | Path, progress: bool = True
+    config_path: str | Path,
+    out_dir: str | Path,
+    progress: bool = True,
+    device: str = "cpu",
 ) -> RunResult:
+    """Run (or resume, or return the finished) training described by a TOML config (a path
+    or the name of a packaged example) into ``out_dir``, on ``device`` ("cpu" | "cuda" |
+    "cuda:N")."""
     cfg = load_config(config_path)
+    target = _device(device)
     data, model_cfg, tr, dg = cfg["data"], cfg["model"], cfg["train"], cfg["diagnostics"]
     dtype = {"float64": torch.float64, "float32": torch.float32}.get(data["dtype"])
     if dtype is None:
@@ -35,17 +38,12 @@ def run_from_config(
             f"[data] dataset must be one of {sorted(DATASETS)} (or give path), "
             f"got {data['dataset']!r}"
         )
-    x = x.reshape(x.shape[0], -1)
-    y = y.reshape(y.shape[0], -1)
-    torch.manual_seed(model_cfg["seed"])
-    model = build_mlp(x.shape[1], model_cfg["width"], model_cfg["depth"], y.shape[1]).to(dtype)
-    lr: Any = tr["lr"]
-    if lr == "auto":
-        kernel = as_matrix(empirical_ntk(model, x, dtype=torch.float64))
-        beta0 = eig_bounds(kernel * loss_scale(tr["loss"], x.shape[0], y.shape[1]), which=("max",))
-        lr = tr["lr_fraction"] / beta0.lambda_max_upper
-    if not math.isfinite(float(lr)):
-        raise ConfigError(f"[train] lr resolved to {lr}")
+    x = x.reshape(x.shape[0], -1).to(target)
+    y = y.reshape(y.shape[0], -1).to(target)
+    with torch.random.fork_rng(devices=[]):  # the initialisation, seeded, on the CPU
+        torch.manual_seed(model_cfg["seed"])
+        model = build_mlp(x.shape[1], model_cfg["width"], model_cfg["depth"], y.shape[1])
+    model = model.to(dtype=dtype, device=target)
     window = tuple(dg["stable_window"]) if dg["stable_window"] else None
     diagnostics = Diagnostics(
         every=dg["every"],
@@ -60,7 +58,8 @@ def run_from_config(
         x,
         y,
         optimizer=tr["optimizer"],
-        lr=float(lr),
+        lr=tr["lr"],
+        lr_fraction=tr["lr_fraction"],
         steps=tr["steps"],
         batch_size=tr["batch_size"] or None,
         momentum=tr["momentum"],
@@ -73,3 +72,15 @@ def run_from_config(
         checkpoint_every=tr["checkpoint_every"] or None,
         progress=progress,
     )
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device must be cpu or cuda[:N], got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (torch.cuda)")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda[:N], got {name!r}")
+    return device

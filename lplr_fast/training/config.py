@@ -23,7 +23,7 @@ HISTORY_COLUMNS = [
     "ntk_drift_op",
     "ntk_drift_fro",
     "lipschitz_est",
-    "mu_cert",
+    "mu_region_est",
 ]
 SGD_COLUMNS = ["batch_loss", "batch_grad_norm_sq"]
 

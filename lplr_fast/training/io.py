@@ -15,8 +15,8 @@ import torch
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same folder, fsync it, then rename it over
-    ``path`` (rename is atomic on POSIX file systems)."""
+    """Write ``data`` to a temporary file ``.NAME.xxxx`` in the same folder, fsync it, then
+    rename it over ``path`` (rename is atomic on POSIX file systems) and fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -29,6 +29,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (power loss; a killed process needs no more)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _json_safe(value: Any) -> Any:

@@ -4,14 +4,20 @@ Loss normalisations (``loss=``), with r = f(X) − Y: "mean_half" L = ‖r‖²/
 L = ‖r‖²/2, "mse" L = ‖r‖²/(n·k). Writing L = s·½‖r‖², ∇L = s·Jᵀr, so the PL ratio
 ‖∇L‖² / (2(L − L*)) = s·rᵀΘr/‖r‖² (for L* = 0) lies in [s·λ_min(Θ), s·λ_max(Θ)]: the λ and
 drift columns are reported on that scale (λ(Θ)/n for "mean_half").
+
+A run is: its identity and derived values (``state.py``), a :class:`RunState` changed by
+:func:`step.take_step`, and a :class:`Checkpointer` that stores both in the run folder.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import math
+import numbers
+import signal
 import sys
-import time
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,19 +26,25 @@ from torch import nn
 
 from ..ntk.engine import empirical_ntk
 from ..ntk.validation import check_model, trainable_parameters
-from ..spectrum import as_matrix, eig_bounds, ntk_distance
+from ..spectrum import as_matrix, eig_bounds
 from .analysis import summarise
-from .config import LOSSES, Diagnostics, loss_scale, loss_value
-from .io import atomic_torch_save
-from .result import CHECKPOINT, RunResult
+from .checkpoint import Checkpointer
+from .config import LOSSES, Diagnostics, loss_scale
+from .progress import Progress
+from .result import RunResult
+from .state import (
+    Derived,
+    RunState,
+    StopTraining,
+    data_fingerprint,
+    flat_parameters,
+    model_signature,
+    plain,
+    same_parameters,
+)
+from .step import StepContext, bounds_dict, diagnostic_kernel, kernel_bounds, take_step
 
-
-def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for t in (x, y):
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.detach().double().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+OnStep = Callable[[int], None]
 
 
 def _validate(
@@ -40,7 +52,8 @@ def _validate(
     x: torch.Tensor,
     y: torch.Tensor,
     optimizer: str,
-    lr: float,
+    lr: float | str,
+    lr_fraction: float,
     steps: int,
     batch_size: int | None,
     momentum: float,
@@ -61,8 +74,12 @@ def _validate(
         raise TypeError(f"y must be a floating-point tensor (squared loss), got {y.dtype}")
     if optimizer not in ("gd", "sgd"):
         raise ValueError(f"optimizer must be 'gd' or 'sgd', got {optimizer!r}")
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if lr != "auto" and not (
+        isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+    ):
+        raise ValueError(f"lr must be a positive finite number or 'auto', got {lr!r}")
+    if not (isinstance(lr_fraction, int | float) and 0 < lr_fraction < math.inf):
+        raise ValueError(f"lr_fraction must be a positive finite number, got {lr_fraction!r}")
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if not 0.0 <= momentum < 1.0:
@@ -89,43 +106,82 @@ def _validate(
     return out.numel()
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self.t0 = self.last = time.monotonic()
-        self.first_step: int | None = None
-
-    def update(self, step: int, loss: float, pl: float, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if self.first_step is None:
-            self.first_step = step
-        if not force and now - self.last < 0.5:
-            return
-        self.last = now
-        done = step - self.first_step
-        eta = (now - self.t0) / done * (self.total - step) if done > 0 else math.nan
-        eta_s = f"{eta:6.0f}s" if math.isfinite(eta) else "     ?"
-        width = 24
-        filled = int(width * step / max(self.total, 1))
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] step {step}/{self.total} "
-            f"loss {loss:.4e} pl {pl:.3e} ETA {eta_s}"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+def _real(value: Any, name: str) -> float:
+    """A real number (numpy scalars included) as a Python float."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{name} must be a real number, got {value!r}")
 
 
-def _grad_sq(params: list[torch.Tensor]) -> float:
-    return float(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None))
+def _integer(value: Any, name: str) -> int:
+    """An integer (numpy integers included) as a Python int."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    raise TypeError(f"{name} must be an integer, got {value!r}")
 
 
-def _flat(params: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1).double() for p in params])
+def _subset(diag: Diagnostics, n: int, seed: int) -> torch.Tensor:
+    """Indices (CPU, sorted for an int) of the samples the NTK diagnostics use."""
+    if diag.ntk_subset is None:
+        return torch.arange(n)
+    if isinstance(diag.ntk_subset, int):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+        return order[: min(n, diag.ntk_subset)].sort().values
+    subset = torch.as_tensor(diag.ntk_subset, dtype=torch.long)
+    if subset.numel() == 0 or int(subset.min()) < 0 or int(subset.max()) >= n:
+        raise ValueError(f"Diagnostics.ntk_subset indices must lie in [0, {n})")
+    return subset
+
+
+def _derive(
+    ctx_model: nn.Module,
+    params: list[torch.Tensor],
+    x: torch.Tensor,
+    subset: torch.Tensor,
+    k: int,
+    diag: Diagnostics,
+    loss: str,
+    lr: float | str,
+    lr_fraction: float,
+) -> Derived:
+    """θ₀, Θ₀ on the diagnostic samples with its bounds, β₀ and the step size (see
+    ``state.Derived``), from the model as it is now (its initial state)."""
+    a0 = diagnostic_kernel(ctx_model, x[subset], diag, loss_scale(loss, subset.numel(), k))
+    if not bool(torch.isfinite(a0).all()):
+        raise ValueError("the model's NTK at initialisation is not finite")
+    bounds0 = bounds_dict(kernel_bounds(a0, diag))
+    same_kernel = diag.ntk_compute == "full" and subset.numel() == x.shape[0]
+    if same_kernel and diag.bounds == "certified":
+        beta0 = bounds0["lambda_max_upper"]
+    else:  # β₀ of the whole training set's full kernel, certified
+        full = as_matrix(empirical_ntk(ctx_model, x, dtype=torch.float64))
+        beta0 = eig_bounds(full * loss_scale(loss, x.shape[0], k), which=("max",)).lambda_max_upper
+    lr_used = lr_fraction / beta0 if lr == "auto" else float(lr)
+    if not (math.isfinite(lr_used) and lr_used > 0):
+        raise ValueError(f"lr='auto' resolved to {lr_used} (β₀ = {beta0})")
+    return Derived(flat_parameters(params), a0, bounds0, lr_used, beta0)
+
+
+@contextlib.contextmanager
+def _stop_on_sigint() -> Iterator[threading.Event]:
+    """The first Ctrl-C sets the event (the run stops at the next step boundary, after a
+    checkpoint); a second one raises KeyboardInterrupt at once (no checkpoint)."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        sys.stderr.write("\nstopping after this step (Ctrl-C again aborts without a checkpoint)\n")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def train(
@@ -134,8 +190,9 @@ def train(
     y: torch.Tensor,
     *,
     optimizer: Literal["gd", "sgd"] = "gd",
-    lr: float,
+    lr: float | Literal["auto"],
     steps: int,
+    lr_fraction: float = 0.9,
     batch_size: int | None = None,
     momentum: float = 0.0,
     loss: Literal["mean_half", "sum_half", "mse"] = "mean_half",
@@ -146,6 +203,7 @@ def train(
     resume: bool = True,
     checkpoint_every: int | None = None,
     progress: bool = False,
+    on_step: OnStep | None = None,
 ) -> RunResult:
     """Train ``model`` in place on (x, y) by full-batch GD or mini-batch SGD, logging the
     LPLR diagnostics.
@@ -153,165 +211,226 @@ def train(
     Args:
         model: maps x (n, ...) to outputs with as many values per sample as y; trainable
             parameters are those with requires_grad. No train-mode BatchNorm or Dropout.
+            Training, NTKs and bounds run on the model's device (x and y are moved there).
         x: (n, ...) inputs; y: (n, ...) float targets.
         optimizer: "gd" (full batch) or "sgd" (``batch_size`` samples per step, drawn
             without replacement within an epoch from a generator seeded by ``seed``).
-        lr: step size η > 0; steps: number of updates; momentum: heavy-ball coefficient.
+        lr: step size η > 0, or "auto" = ``lr_fraction`` / β₀ with β₀ the certified upper
+            end of λ_max(Θ₀) on the PL scale (computed once, stored in the run folder).
+        steps: number of updates; momentum: heavy-ball coefficient.
         loss: "mean_half" | "sum_half" | "mse" (module docstring); l_star: the optimal loss
             L* used in the PL ratio and the suboptimality.
         diagnostics: what to log (default ``Diagnostics()``).
         out_dir: write history/summary (CSV + JSON) and a checkpoint there as the run goes,
-            atomically; with ``resume=True`` an existing checkpoint of the same run (same
-            data and arguments; ``steps`` may grow) is continued instead of restarted.
+            atomically. With ``resume=True`` an existing run of the same identity (same data
+            and arguments as given; ``steps`` may grow) is continued from its last
+            checkpoint, and a finished one is returned unchanged (nothing is recomputed).
         checkpoint_every: steps between checkpoints (default ``diagnostics.ntk_every``).
         progress: show a progress line (step, loss, PL ratio, ETA) on stderr.
+        on_step: called with the step index at the start of every step, before anything of
+            that step is computed. Raising :class:`StopTraining` (or KeyboardInterrupt)
+            there stops the run like Ctrl-C; any other exception aborts it like a crash (the
+            run folder keeps its last checkpoint).
 
     Returns:
         A :class:`RunResult`. A diverging run (non-finite loss) stops and is marked in the
-        summary; Ctrl-C stops after writing a checkpoint and returns the partial result
-        (status "interrupted at step t").
+        summary. Ctrl-C stops at the next step boundary after writing a checkpoint and
+        returns the partial result (status "interrupted at step t"); a second Ctrl-C aborts
+        at once. Same inputs, machine and thread count → bitwise the same history, whether
+        the run was interrupted and resumed or not.
     """
     diag = diagnostics or Diagnostics()
-    k = _validate(model, x, y, optimizer, lr, steps, batch_size, momentum, loss, l_star)
-    n = x.shape[0]
-    yk = y.reshape(n, k).to(dtype=next(model.parameters()).dtype)
-    params = list(trainable_parameters(model).values())
-    scale = loss_scale(loss, n, k)
+    lr = lr if lr == "auto" else _real(lr, "lr")
+    lr_fraction, momentum, l_star = (
+        _real(lr_fraction, "lr_fraction"), _real(momentum, "momentum"), _real(l_star, "l_star")
+    )  # fmt: skip
+    steps, seed = _integer(steps, "steps"), _integer(seed, "seed")
+    batch_size = None if batch_size is None else _integer(batch_size, "batch_size")
+    params_by_name = trainable_parameters(model)
+    params = list(params_by_name.values())
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    device = params[0].device
+    x, y = x.to(device), y.to(device)
+    k = _validate(
+        model, x, y, optimizer, lr, lr_fraction, steps, batch_size, momentum, loss, l_star
+    )
     every_ckpt = checkpoint_every or diag.ntk_every
-    if every_ckpt < 1:
+    if not isinstance(every_ckpt, int) or every_ckpt < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every}")
-    gen = torch.Generator().manual_seed(seed)
-    if diag.ntk_subset is None:
-        subset = torch.arange(n)
-    elif isinstance(diag.ntk_subset, int):
-        subset = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
-        subset = subset[: min(n, diag.ntk_subset)].sort().values
-    else:
-        subset = torch.as_tensor(diag.ntk_subset, dtype=torch.long)
-        if subset.numel() == 0 or int(subset.min()) < 0 or int(subset.max()) >= n:
-            raise ValueError(f"Diagnostics.ntk_subset indices must lie in [0, {n})")
-    m = subset.numel()
-    ntk_scale = loss_scale(loss, m, k)
-    config: dict[str, Any] = {
-        "optimizer": optimizer,
-        "lr": lr,
-        "steps": steps,
-        "batch_size": batch_size,
-        "momentum": momentum,
-        "loss": loss,
-        "l_star": l_star,
-        "seed": seed,
-        "diagnostics": diag.to_dict(),
-        "n": n,
-        "k": k,
-        "ntk_samples": m,
-        "data_fingerprint": _fingerprint(x, y),
+    subset = _subset(diag, x.shape[0], seed)
+    requested = {
+        "optimizer": optimizer, "lr": lr, "lr_fraction": lr_fraction if lr == "auto" else None,
+        "steps": steps, "batch_size": batch_size, "momentum": momentum, "loss": loss,
+        "l_star": l_star, "seed": seed, "diagnostics": diag.to_dict(),
         "checkpoint_every": every_ckpt,
-        "eps": torch.finfo(yk.dtype).eps,
-    }
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
-    out = Path(out_dir) if out_dir is not None else None
-    state: dict[str, Any] = {
-        "theta0": _flat(params),
-        "kernel0": None,
-        "lambda0": math.nan,
-        "r_max": 0.0,
-        "l_hat": 0.0,
-        "history": [],
-        "epoch_order": None,
-        "epoch_pos": 0,
-    }
-    start = 0
-    if out is not None and resume and (out / CHECKPOINT).is_file():
-        start = _restore(out / CHECKPOINT, config, model, opt, gen, state)
+    }  # fmt: skip
+    identity = _identity(requested, x, y, k, subset, params_by_name)
+    opt = torch.optim.SGD(params, lr=1.0, momentum=momentum)  # lr set once derived
+    gen = torch.Generator().manual_seed(seed)
+    store = Checkpointer(out_dir, identity, device) if out_dir is not None else None
+    with store.locked() if store is not None else contextlib.nullcontext():
+        state, derived = _start(store, resume, model, params, opt, gen)
+        if state is not None and _finished(state, steps):
+            return _result(state, identity, derived, diag, out_dir)  # nothing to do
+        if derived is None:
+            derived = _derive(model, params, x, subset, k, diag, loss, lr, lr_fraction)
+            if store is not None:
+                store.save_derived(derived)
+        for group in opt.param_groups:
+            group["lr"] = derived.lr
+        ctx = StepContext(
+            model, params, opt, gen, x, y.reshape(-1, k).to(dtype=params[0].dtype),
+            subset.to(device), optimizer, batch_size, loss, l_star, steps, diag, derived,
+        )  # fmt: skip
+        state = _resumable(state, steps)
+        _run(ctx, state, store, every_ckpt, progress, on_step, identity)
+        return _result(state, identity, derived, diag, out_dir)
 
-    def checkpoint(next_step: int) -> None:
-        if out is None:
-            return
-        atomic_torch_save(
-            out / CHECKPOINT,
-            {
-                "config": config,
-                "next_step": next_step,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "generator": gen.get_state(),
-                **state,
-            },
+
+def _identity(
+    requested: dict[str, Any],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    subset: torch.Tensor,
+    params: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """The run's identity (``state.py``): the arguments as requested, and what identifies
+    the data and the model's parameters."""
+    return plain(
+        {
+            **requested,
+            "n": x.shape[0],
+            "k": k,
+            "ntk_samples": subset.numel(),
+            "data_fingerprint": data_fingerprint(x, y),
+            "model": model_signature(params),
+            "eps": torch.finfo(next(iter(params.values())).dtype).eps,
+        }
+    )
+
+
+def _finished(state: RunState, steps: int) -> bool:
+    """A diverged run, or a completed one asked for no more steps, is returned as stored."""
+    return state.status.startswith("diverged") or (
+        state.status == "completed" and steps == state.next_step
+    )
+
+
+def _start(
+    store: Checkpointer | None,
+    resume: bool,
+    model: nn.Module,
+    params: list[torch.Tensor],
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> tuple[RunState | None, Derived | None]:
+    """The saved state and derived values to continue from (None, None for a fresh run);
+    the model, optimizer and generator are restored in place."""
+    if store is None:
+        return None, None
+    store.open()
+    if not resume:
+        store.start_over()
+        return None, None
+    derived = store.load_derived()
+    saved = store.load_checkpoint()
+    if saved is None:
+        if derived is not None and not same_parameters(params, derived.theta0):
+            raise ValueError(
+                f"{store.out} holds the start of this run but the model's parameters differ "
+                "from its initial ones; pass the same initial model, another out_dir, or "
+                "resume=False"
+            )
+        return None, derived
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    gen.set_state(saved["generator"].cpu())
+    return saved["state"], derived
+
+
+def _resumable(state: RunState | None, steps: int) -> RunState:
+    """The state to run from: a fresh one, or the saved one without the rows of steps that
+    will be computed again (a completed run extended to more steps continues)."""
+    if state is None:
+        return RunState()
+    if state.next_step > steps:
+        raise ValueError(
+            f"the run in this folder is already at step {state.next_step}; steps={steps} "
+            "cannot shrink it (use another out_dir or resume=False)"
         )
-        _result(state["history"], config, diag, status, out).write(out)
+    state.history = [r for r in state.history if r["step"] < state.next_step]
+    state.status = "running"
+    return state
 
-    history: list[dict[str, Any]] = state["history"]
-    status = "completed"
-    bar = _Progress(steps, progress)
-    step = start
-    updated = False
-    try:
-        for step in range(start, steps + 1):
-            updated = False
+
+def _run(
+    ctx: StepContext,
+    state: RunState,
+    store: Checkpointer | None,
+    every_ckpt: int,
+    progress: bool,
+    on_step: OnStep | None,
+    identity: dict[str, Any],
+) -> None:
+    """Steps from ``state.next_step`` until the run ends or is stopped; checkpoints at step
+    boundaries. On return ``state`` is the state to store and report."""
+    bar = Progress(ctx.steps, progress)
+    start = state.next_step
+
+    def checkpoint(saved: RunState) -> None:
+        if store is None:
+            return
+        # results first: a checkpoint that says "completed" is never newer than the files
+        # that a rerun of the finished run (a no-op) leaves in place
+        _result(saved, identity, ctx.derived, ctx.diag, store.out).write(store.out)
+        store.save_checkpoint(
+            saved, ctx.model.state_dict(), ctx.optimizer.state_dict(), ctx.generator.get_state()
+        )
+
+    with _stop_on_sigint() as stop_requested:
+        for step in range(start, ctx.steps + 1):
+            state.next_step = step
+            try:
+                if stop_requested.is_set():
+                    raise StopTraining
+                if on_step is not None:
+                    on_step(step)
+            except (StopTraining, KeyboardInterrupt):
+                state.status = f"interrupted at step {step}"
+                break
             if step > start and step % every_ckpt == 0:
-                checkpoint(step)
-            log = step % diag.every == 0 or step == steps
-            ntk_now = log and (step % diag.ntk_every == 0 or step == steps or not history)
-            full_loss = grad_sq = math.nan
-            if optimizer == "gd" or log:
-                opt.zero_grad(set_to_none=True)
-                value = loss_value(model(x).reshape(n, k) - yk, scale)
-                value.backward()
-                full_loss = float(value.detach())
-                grad_sq = _grad_sq(params)
-            diverged = (optimizer == "gd" or log) and not math.isfinite(full_loss)
-            if log or diverged:
-                row = _cheap_row(step, full_loss, grad_sq, l_star, lr, params, state)
-                if ntk_now and not diverged:
-                    row.update(_ntk_row(model, x[subset], diag, ntk_scale, row, state))
-                history.append(row)
-                bar.update(step, full_loss, row["pl_ratio"], force=step == steps)
-            if diverged:
-                status = f"diverged at step {step}"
+                checkpoint(state)
+            maxima = (state.r_max, state.l_hat)
+            outcome = take_step(ctx, state, step)
+            if state.history and state.history[-1]["step"] == step:
+                row = state.history[-1]
+                bar.update(step, row["loss"], row["pl_ratio"], force=step == ctx.steps)
+            if outcome.status is not None:
+                # stored as at the start of this step plus its row: an extended run
+                # recomputes the row and goes on exactly as an uninterrupted longer run
+                state.r_max, state.l_hat = maxima
+                state.status = outcome.status
                 break
-            if step == steps:
-                break
-            if optimizer == "sgd":
-                idx = _next_batch(state, n, batch_size, gen)  # type: ignore[arg-type]
-                opt.zero_grad(set_to_none=True)
-                xb, yb = x[idx], yk[idx]
-                batch = loss_value(
-                    model(xb).reshape(len(idx), k) - yb, loss_scale(loss, len(idx), k)
-                )
-                batch.backward()
-                if log:
-                    history[-1]["batch_loss"] = float(batch.detach())
-                    history[-1]["batch_grad_norm_sq"] = _grad_sq(params)
-                if not math.isfinite(float(batch.detach())):
-                    status = f"diverged at step {step} (mini-batch loss)"
-                    break
-            opt.step()
-            updated = True
-        next_step = step  # resuming recomputes this last row (identically) before going on
-    except KeyboardInterrupt:
-        if not updated:  # the step had not changed the parameters yet: redo it on resume
-            while history and history[-1]["step"] >= step:
-                history.pop()
-            next_step = step
-        else:
-            next_step = step + 1
-        status = f"interrupted at step {next_step}"
     bar.close()
-    checkpoint(next_step)
-    return _result(history, config, diag, status, out)
+    checkpoint(state)
 
 
 def _result(
-    history: list[dict[str, Any]],
-    config: dict[str, Any],
+    state: RunState,
+    identity: dict[str, Any],
+    derived: Derived | None,
     diag: Diagnostics,
-    status: str,
-    out: Path | None,
+    out: str | Path | None,
 ) -> RunResult:
-    if history:
+    config = {**identity, "lr_requested": identity["lr"]}
+    config["lr"] = derived.lr if derived is not None else math.nan
+    config["beta0_upper"] = derived.beta0_upper if derived is not None else math.nan
+    status = state.status
+    if state.history:
         summary = summarise(
-            history,
+            state.history,
             lr=config["lr"],
             l_star=config["l_star"],
             eps=config["eps"],
@@ -319,97 +438,9 @@ def _result(
             status=status,
             pl_comparable=diag.ntk_subset is None
             and (diag.ntk_compute == "full" or config["k"] == 1),
+            certified=diag.bounds == "certified",
+            plain_gd=config["optimizer"] == "gd" and config["momentum"] == 0,
         )
     else:
         summary = {"status": status, "verdict": status}
-    return RunResult(list(history), summary, config, out)
-
-
-def _next_batch(state: dict[str, Any], n: int, b: int, gen: torch.Generator) -> torch.Tensor:
-    """The next mini-batch: consecutive slices of a fresh permutation per epoch."""
-    order, pos = state["epoch_order"], state["epoch_pos"]
-    if order is None or pos + b > n:
-        order, pos = torch.randperm(n, generator=gen), 0
-    state["epoch_order"], state["epoch_pos"] = order, pos + b
-    return order[pos : pos + b]
-
-
-def _cheap_row(
-    step: int,
-    loss: float,
-    grad_sq: float,
-    l_star: float,
-    lr: float,
-    params: list[torch.Tensor],
-    state: dict[str, Any],
-) -> dict[str, Any]:
-    sub = loss - l_star
-    drift = float((_flat(params) - state["theta0"]).norm())
-    state["r_max"] = max(state["r_max"], drift)
-    return {
-        "step": step,
-        "loss": loss,
-        "grad_norm_sq": grad_sq,
-        "pl_ratio": grad_sq / (2 * sub) if sub > 0 else math.nan,
-        "param_drift": drift,
-        "lr": lr,
-    }
-
-
-def _ntk_row(
-    model: nn.Module,
-    xs: torch.Tensor,
-    diag: Diagnostics,
-    ntk_scale: float,
-    row: dict[str, Any],
-    state: dict[str, Any],
-) -> dict[str, Any]:
-    kernel = empirical_ntk(model, xs, compute=diag.ntk_compute, dtype=torch.float64)
-    a = (as_matrix(kernel) if diag.ntk_compute == "full" else kernel) * ntk_scale
-    b = eig_bounds(a, certify=diag.bounds == "certified")
-    if state["kernel0"] is None:
-        state["kernel0"] = a.clone()
-        state["lambda0"] = b.lambda_min_lower
-    op = ntk_distance(state["kernel0"], a)
-    fro = ntk_distance(state["kernel0"], a, "fro")
-    drift = row["param_drift"]
-    lip = op.value / drift if drift > 0 else math.nan
-    if math.isfinite(lip):
-        state["l_hat"] = max(state["l_hat"], lip)
-    return {
-        "lambda_min_lower": b.lambda_min_lower,
-        "lambda_min_upper": b.lambda_min_upper,
-        "lambda_max_lower": b.lambda_max_lower,
-        "lambda_max_upper": b.lambda_max_upper,
-        "ntk_drift_op": op.value,
-        "ntk_drift_fro": fro.value,
-        "lipschitz_est": lip,
-        "mu_cert": state["lambda0"] - state["l_hat"] * state["r_max"],
-    }
-
-
-def _restore(
-    path: Path,
-    config: dict[str, Any],
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    gen: torch.Generator,
-    state: dict[str, Any],
-) -> int:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    old = {k: v for k, v in saved["config"].items() if k != "steps"}
-    new = {k: v for k, v in config.items() if k != "steps"}
-    if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ValueError(
-            f"{path} belongs to a different run (differs in {', '.join(changed)}); use another "
-            "out_dir or resume=False to start over"
-        )
-    model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
-    gen.set_state(saved["generator"])
-    for key in state:
-        state[key] = saved[key]
-    next_step = int(saved["next_step"])
-    state["history"] = [r for r in state["history"] if r["step"] < next_step]
-    return next_step
+    return RunResult(list(state.history), summary, config, Path(out) if out else None)

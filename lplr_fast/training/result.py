@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .analysis import SUMMARY_FIELDS
+from .analysis import NULLABLE_FIELDS, SUMMARY_FIELDS
 from .config import HISTORY_COLUMNS, SGD_COLUMNS
 from .io import atomic_write_csv, atomic_write_json
 
@@ -67,7 +67,10 @@ class RunResult:
             {k: restore(v) for k, v in row.items()}
             for row in json.loads((out / HISTORY_JSON).read_text())
         ]
-        summary = {k: restore(v) for k, v in json.loads((out / SUMMARY_JSON).read_text()).items()}
+        summary = {
+            k: v if k in NULLABLE_FIELDS else restore(v)
+            for k, v in json.loads((out / SUMMARY_JSON).read_text()).items()
+        }
         config_path = out / CONFIG_JSON
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         return cls(history, summary, config, out)

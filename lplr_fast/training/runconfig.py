@@ -35,14 +35,22 @@ Every section and key, with defaults::
     stable_window = []     # [] = automatic; [first, last] to override
 
 Unknown sections or keys, and values of the wrong type, are errors naming them.
+
+Example configurations ship with the package (``lplr_fast/training/examples/*.toml``):
+``lplr-fast train teacher`` runs ``teacher.toml`` (see :func:`example_configs`).
 """
 
 from __future__ import annotations
 
+import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser under its PyPI name (a dependency on Python 3.10 only)
+    import tomli as tomllib
 
 SCHEMA: dict[str, dict[str, Any]] = {
     "data": {"dataset": "teacher", "path": "", "n": 64, "seed": 0, "dtype": "float64"},
@@ -86,11 +94,35 @@ def _type_ok(default: Any, value: Any, key: str) -> bool:
     return isinstance(value, type(default))
 
 
+def example_configs() -> dict[str, Path]:
+    """The example configurations shipped with the package: name → path of its TOML file."""
+    folder = resources.files("lplr_fast.training") / "examples"
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    }
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file: ``name_or_path`` itself when it exists, else the packaged example of
+    that name; ConfigError naming both options otherwise."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    examples = example_configs()
+    if str(name_or_path) in examples:
+        return examples[str(name_or_path)]
+    raise ConfigError(
+        f"config file {path} does not exist (and it is not one of the packaged examples "
+        f"{sorted(examples)})"
+    )
+
+
 def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The configuration with defaults filled in; ConfigError on unknown or mistyped keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    """The configuration with defaults filled in; ConfigError on unknown or mistyped keys.
+    ``path``: a TOML file, or the name of a packaged example (:func:`example_configs`)."""
+    path = resolve_config(path)
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
