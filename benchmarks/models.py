@@ -62,6 +62,40 @@ class ResNetCNN(nn.Module):
         return self.head(h.mean(dim=(2, 3)))
 
 
+class TransformerClassifier(nn.Module):
+    """Token embedding + learned positions, a 2-layer Transformer encoder (dropout off), mean
+    pooling, a linear head: (n, T) token ids → (n, k)."""
+
+    def __init__(
+        self, k: int = 10, vocab: int = 1000, dim: int = 128, heads: int = 4, layers: int = 2
+    ) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Parameter(0.02 * torch.randn(512, dim))
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=4 * dim, dropout=0.0, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, k)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.tokens(idx) + self.positions[: idx.shape[1]]
+        return self.head(self.encoder(h).mean(dim=1))
+
+
+class LSTMModel(nn.Module):
+    """Two-layer LSTM over (n, T, d) sequences; last hidden state and mean output → head."""
+
+    def __init__(self, k: int = 10, d: int = 32, hidden: int = 128) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(d, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(2 * hidden, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, (h, _) = self.lstm(x)
+        return self.head(torch.cat([h[-1], out.mean(dim=1)], dim=1))
+
+
 def export(model: nn.Module, x: torch.Tensor, kind: str, path: Path) -> None:
     """Write the parameters (PyTorch layouts, float32) and inputs to ``path`` (.npz)."""
     arrays = {f"p:{name}": p.detach().cpu().float().numpy() for name, p in model.named_parameters()}

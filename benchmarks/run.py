@@ -31,7 +31,7 @@ import lplr_fast
 from lplr_fast.gram import gram_accumulate, gram_accumulate_reference
 
 from .gpu_cases import group_gpu
-from .models import ResNetCNN, export
+from .models import LSTMModel, ResNetCNN, TransformerClassifier, export
 from .models import mlp as bench_mlp
 
 ROOT = Path(__file__).resolve().parent
@@ -523,6 +523,80 @@ def group_eig(device, rows, quick, gemm) -> None:
         case_eig(device, rows, n, k)
 
 
+def group_sequence(device, rows, quick, gemm) -> None:
+    """Transformer encoder classifier (attention: structured Linear rule for the q/k/v and
+    output projections) and an LSTM sequence model (recurrent layers: per-sample gradients
+    from their output cotangents), full NTK, against both torch.func references."""
+    n = 16 if quick else 64
+    torch.manual_seed(0)
+    cases = [
+        (
+            f"Transformer encoder classifier (2 layers, d=128, T=32) n={n} k=10 full",
+            TransformerClassifier().to(device).eval(),
+            torch.randint(0, 1000, (n, 32), device=device),
+        ),
+        (
+            f"LSTM 2×128 (d=32, T=32) n={n} k=10 full",
+            LSTMModel().to(device).eval(),
+            torch.randn(n, 32, 32, device=device),
+        ),
+    ]
+    for name, model, x in cases:
+        ours = timeit(lambda m=model, x=x: lplr_fast.empirical_ntk(m, x), device, repeat=3)
+        rows.append({"case": name, "impl": "lplr structured", **ours, "ratio_to_ours": 1.0})
+        for impl in ("jacobian", "ntk_vp"):
+            ref = timeit(
+                lambda m=model, x=x, impl=impl: lplr_fast.empirical_ntk(m, x, implementation=impl),
+                device,
+                repeat=1,
+            )
+            rows.append(
+                {
+                    "case": name,
+                    "impl": f"reference implementation={impl!r}",
+                    **ref,
+                    "ratio_to_ours": ref["median_s"] / ours["median_s"],
+                }
+            )
+
+
+def group_probe(device, rows, quick, gemm) -> None:
+    """Cost of the random-probe self-check (verify="probe", the default) on the MLP and CNN
+    cases: the same call with verify="off" is the reference; the ratio is the overhead."""
+    torch.manual_seed(0)
+    widths = [784, 2048, 2048, 2048, 10]
+    n_mlp = 128 if quick else 512
+    n_cnn = 64 if quick else 256
+    mlp_model = bench_mlp(widths).to(device).eval()
+    cnn = ResNetCNN().to(device).eval()
+    cases = [
+        (f"MLP {'→'.join(map(str, widths))} n={n_mlp} full", mlp_model, (n_mlp, 784), "full"),
+        (f"MLP {'→'.join(map(str, widths))} n={n_mlp} trace", mlp_model, (n_mlp, 784), "trace"),
+        (f"ResNet-style CNN 3×32×32 n={n_cnn} k=10 full", cnn, (n_cnn, 3, 32, 32), "full"),
+    ]
+    for name, model, shape, compute in cases:
+        x = torch.randn(*shape, device=device)
+        off = timeit(
+            lambda m=model, x=x, c=compute: lplr_fast.empirical_ntk(m, x, compute=c, verify="off"),
+            device,
+            repeat=3,
+        )
+        on = timeit(
+            lambda m=model, x=x, c=compute: lplr_fast.empirical_ntk(m, x, compute=c), device, 3
+        )
+        rows.append({"case": name, "impl": "lplr structured, verify='off'", **off,
+                     "ratio_to_ours": 1.0})  # fmt: skip
+        rows.append(
+            {
+                "case": name,
+                "impl": "lplr structured, verify='probe' (default)",
+                **on,
+                "ratio_to_ours": on["median_s"] / off["median_s"],
+                "note": f"probe overhead {on['median_s'] / off['median_s'] - 1:.1%} (target < 10%)",
+            }
+        )
+
+
 GROUPS: dict[str, Callable[..., None]] = {
     "gram": group_gram,
     "mlp": group_mlp,
@@ -531,6 +605,8 @@ GROUPS: dict[str, Callable[..., None]] = {
     "sweep": group_sweep,
     "gpu": group_gpu,
     "stax": group_stax,
+    "sequence": group_sequence,
+    "probe": group_probe,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import _backend, ntk
 from ._backend import backend_info
 from .gram import gram_accumulate, gram_accumulate_reference
-from .ntk import NTKOperator, empirical_ntk, ntk_blocks
+from .ntk import NTKOperator, ProbeMismatchError, empirical_ntk, ntk_blocks
 from .spectrum import NormBounds, SpectrumBounds, StreamingBounds, eig_bounds, ntk_distance
 from .training import Diagnostics, RunResult, train
 
@@ -21,6 +21,7 @@ __all__ = [
     "Diagnostics",
     "NTKOperator",
     "NormBounds",
+    "ProbeMismatchError",
     "RunResult",
     "SpectrumBounds",
     "StreamingBounds",

@@ -1,5 +1,6 @@
 """Small models covering the layer rules: MLPs, CNNs, a residual net with BatchNorm (eval)
-and LayerNorm, an embedding model and weight sharing."""
+and LayerNorm, an embedding model, weight sharing, a Transformer encoder classifier and an
+LSTM sequence model."""
 
 from __future__ import annotations
 
@@ -101,6 +102,41 @@ class SequenceLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.tanh(self.proj(x)).mean(dim=1))
+
+
+class TransformerClassifier(nn.Module):
+    """Token embedding + learned positions, a Transformer encoder (self-attention, MLP,
+    LayerNorms; dropout off), mean pooling, a linear head: (n, T) token ids → (n, k)."""
+
+    def __init__(
+        self, k: int = 3, vocab: int = 11, dim: int = 8, heads: int = 2, layers: int = 2
+    ) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Parameter(0.1 * torch.randn(16, dim))
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, k)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.tokens(idx) + self.positions[: idx.shape[1]]
+        return self.head(self.encoder(h).mean(dim=1))
+
+
+class LSTMModel(nn.Module):
+    """Two-layer LSTM over (n, T, d) sequences, the last hidden state and the mean output
+    through a linear head."""
+
+    def __init__(self, k: int = 3, d: int = 4, hidden: int = 6) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(d, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(2 * hidden, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, (h, _) = self.lstm(x)
+        return self.head(torch.cat([h[-1], out.mean(dim=1)], dim=1))
 
 
 def seeded(builder, *args, seed: int = 0, **kwargs) -> nn.Module:

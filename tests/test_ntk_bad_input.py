@@ -85,15 +85,15 @@ def test_dropout_train_mode():
         empirical_ntk(m, torch.randn(3, 6, dtype=torch.float64))
 
 
-def test_tied_weights_refused():
+def test_tied_weights_are_exact():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)).double()
     m[2].weight = m[0].weight
-    with pytest.raises(NotImplementedError, match="shared by modules '0' and '2'"):
-        empirical_ntk(m, torch.randn(3, 4, dtype=torch.float64))
-    # the reference implementations handle it
-    ref = empirical_ntk(m, torch.randn(3, 4, dtype=torch.float64), implementation="jacobian")
-    assert ref.shape == (3, 3, 4, 4)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    ref = empirical_ntk(m, x, implementation="jacobian")
+    got = empirical_ntk(m, x)
+    assert ((got - ref).norm() / ref.norm()).item() <= 1e-10
+    assert m[2].weight is m[0].weight and isinstance(m[0].weight, nn.Parameter)
 
 
 @pytest.mark.parametrize(

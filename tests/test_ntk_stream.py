@@ -108,15 +108,33 @@ def _forbid_host_sync(monkeypatch) -> None:
         monkeypatch.setattr(torch.Tensor, name, refuse)
 
 
+@pytest.mark.parametrize("verify", ["off", "probe"])
 @pytest.mark.parametrize("compute", ["full", "trace"])
-def test_tile_loop_has_no_host_sync(compute, monkeypatch, rng):
+def test_tile_loop_has_no_host_sync(compute, verify, monkeypatch, rng):
+    """Syncs are allowed once up front (routing check) and once at the end (probe check),
+    never between the first and the last tile."""
     model = seeded(SmallCNN)
     x = torch.randn(7, 2, 7, 7, generator=rng, dtype=torch.float64)
     ref = empirical_ntk(model, x, compute=compute, block_size=3)
-    stream = ntk_blocks(model, x, compute=compute, block_size=3)  # validation happens here
-    with monkeypatch.context() as patch:
+    real_plan, real_finish = engine._plan, engine._DeferredProbe.finish
+    patch = pytest.MonkeyPatch()
+
+    def plan_then_forbid(job):
+        result = real_plan(job)
         _forbid_host_sync(patch)
-        tiles = list(stream)
+        return result
+
+    def allow_then_finish(self):
+        patch.undo()
+        return real_finish(self)
+
+    monkeypatch.setattr(engine, "_plan", plan_then_forbid)
+    monkeypatch.setattr(engine._DeferredProbe, "finish", allow_then_finish)
+    try:
+        tiles = list(ntk_blocks(model, x, compute=compute, block_size=3, verify=verify))
+    finally:
+        patch.undo()
+    assert len(tiles) == 6
     for (r, c), tile in tiles:
         assert torch.equal(tile, ref[r, c])
 
@@ -126,10 +144,11 @@ def test_tile_loop_has_no_host_sync_cuda():
     torch.manual_seed(0)
     model = mlp().double().cuda()
     x = torch.randn(9, 6, dtype=torch.float64, device="cuda")
-    stream = ntk_blocks(model, x, block_size=4)
+    stream = ntk_blocks(model, x, block_size=4, verify="off")
+    first = next(stream)  # the routing check syncs once, up front
     torch.cuda.set_sync_debug_mode("error")
     try:
-        tiles = list(stream)
+        tiles = [first, *stream]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(tiles) == 6
@@ -149,6 +168,6 @@ def test_default_block_size_ignores_free_memory(monkeypatch, rng):
     model = seeded(mlp)
     x = torch.randn(6, 6, generator=rng, dtype=torch.float64)
     job = engine._prepare(model, x, None, "full", "structured", None, "error")
-    size = engine._choose_block_size(job, 0)
+    size = engine._choose_block_size(job, 1000, 3, 0)
     monkeypatch.setattr(engine, "available_memory_bytes", lambda device: 1)
-    assert engine._choose_block_size(job, 0) == size
+    assert engine._choose_block_size(job, 1000, 3, 0) == size

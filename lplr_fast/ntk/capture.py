@@ -8,70 +8,114 @@ import contextlib
 import os
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
+
+
+def _flatten(tree: Any) -> tuple[list[Any], Any]:
+    return pytree.tree_flatten(tree)
+
+
+def _keep(v: Any) -> Any:
+    return v.detach().clone() if isinstance(v, torch.Tensor) else v
 
 
 @dataclass
 class ModuleUse:
-    """One call of a module that owns trainable parameters.
+    """One call of a hooked module.
 
-    ``args``/``kwargs`` are detached copies of its inputs (batch axis first); ``output`` is
-    the graph-connected output, later replaced by the cotangents ``grad`` of shape
-    ``(n, k, *output.shape[1:])``: grad[i, c] = ∂ f_c(x_i) / ∂ output_i.
+    ``args``/``kwargs`` are detached copies of its inputs. ``outputs`` are the graph-connected
+    tensor leaves of its output (flattened pytree; None for leaves that carry no gradient),
+    later replaced by ``grads``: per leaf, the cotangents of all k network outputs with the
+    leaf's batch axis moved to the front, (n, k, *rest): grads[l][i, c] = ∂ f_c(x_i) / ∂ leaf_i.
+    ``index`` counts the module's calls within one forward (0 for the first).
     """
 
     name: str
     module: nn.Module
+    index: int
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    output: torch.Tensor | None
-    grad: torch.Tensor | None = None
+    outputs: list[torch.Tensor | None]
+    grads: list[torch.Tensor | None] = field(default_factory=list)
+
+    @property
+    def grad(self) -> torch.Tensor:
+        """The cotangents of the single tracked output leaf (modules with one tensor output)."""
+        tracked = [g for g in self.grads if g is not None]
+        if len(tracked) != 1:
+            raise ValueError(f"module {self.name!r} has {len(tracked)} differentiable outputs")
+        return tracked[0]
+
+
+@dataclass
+class UseShapes:
+    """Shapes seen at one call (shape probes): per flattened input leaf and output leaf, the
+    shape of a tensor leaf or None; ``tracked``: output leaves that carry gradients."""
+
+    inputs: list[tuple[int, ...] | None]
+    outputs: list[tuple[int, ...] | None]
+    tracked: list[bool]
 
 
 @dataclass
 class Capture:
-    """Hooks on the parametrised modules of a model. ``paused`` silences them while the
-    engine re-runs a module itself (per-sample gradients of a fallback module)."""
+    """Hooks on the given modules of a model. ``shapes_only`` records :class:`UseShapes` per
+    (name, call) instead of uses (shape probes). ``paused`` silences the hooks."""
 
     modules: dict[str, nn.Module]
     uses: list[ModuleUse] = field(default_factory=list)
+    shapes: dict[str, list[UseShapes]] = field(default_factory=dict)
+    shapes_only: bool = False
     paused: bool = False
+    _calls: dict[str, int] = field(default_factory=dict)
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             if self.paused or not torch.is_grad_enabled():
                 return None
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(
-                    f"module {name!r} ({type(module).__name__}) returns {type(output).__name__}; "
-                    "the NTK engine needs modules with trainable parameters to return one tensor"
+            leaves, spec = _flatten(output)
+            tracked = [isinstance(v, torch.Tensor) and v.requires_grad for v in leaves]
+            index = self._calls.get(name, 0)
+            self._calls[name] = index + 1
+            if self.shapes_only:
+                inputs, _ = _flatten((args, kwargs))
+                self.shapes.setdefault(name, []).append(
+                    UseShapes(
+                        [tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in inputs],
+                        [tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in leaves],
+                        tracked,
+                    )
                 )
-
-            def keep(v: Any) -> Any:
-                return v.detach().clone() if isinstance(v, torch.Tensor) else v
-
+                return None
+            outputs = [v if t else None for v, t in zip(leaves, tracked, strict=True)]
             self.uses.append(
                 ModuleUse(
                     name,
                     module,
-                    tuple(keep(a) for a in args),
-                    {key: keep(v) for key, v in kwargs.items()},
-                    output,
+                    index,
+                    pytree.tree_map(_keep, args),
+                    pytree.tree_map(_keep, kwargs),
+                    outputs,
                 )
             )
+            if not any(tracked):
+                return None
             # Later in-place ops (ReLU(inplace=True), `out += x`) then hit the copy, not the
             # tensor whose cotangent we ask for.
-            return output.clone()
+            clones = [v.clone() if t else v for v, t in zip(leaves, tracked, strict=True)]
+            return pytree.tree_unflatten(clones, spec)
 
         return hook
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Capture]:
+        self._calls = {}
         handles = [
             m.register_forward_hook(self._hook(name), with_kwargs=True)
             for name, m in self.modules.items()
@@ -91,24 +135,30 @@ class Capture:
             self.paused = previous
 
 
+def unique_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module once (a module registered under several names keeps its first name)."""
+    return dict(model.named_modules())
+
+
+def parameter_owners(model: nn.Module) -> dict[int, list[tuple[str, str]]]:
+    """id(trainable parameter) → [(module name, attribute)] of every module holding it
+    directly (one entry, unless the parameter is tied across modules)."""
+    owners: dict[int, list[tuple[str, str]]] = {}
+    for name, module in unique_modules(model).items():
+        for attr, p in module._parameters.items():
+            if p is not None and p.requires_grad:
+                owners.setdefault(id(p), []).append((name, attr))
+    return owners
+
+
 def parametrised_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules owning trainable parameters directly, by name ("" is the root). Raises when one
-    parameter is owned by several modules (tied weights): not supported by the structured path."""
-    owners: dict[int, str] = {}
-    found: dict[str, nn.Module] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        direct = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        for p in direct:
-            if id(p) in owners and owners[id(p)] != name:
-                raise NotImplementedError(
-                    f"a parameter is shared by modules {owners[id(p)]!r} and {name!r} (tied "
-                    "weights); the structured path cannot pair them. Use "
-                    "implementation='jacobian' or 'ntk_vp'."
-                )
-            owners[id(p)] = name
-        if direct and name not in found:
-            found[name] = module
-    return found
+    """Modules owning trainable parameters directly, by (first) name; "" is the root."""
+    named = unique_modules(model)
+    return {
+        name: m
+        for name, m in named.items()
+        if any(p is not None and p.requires_grad for p in m._parameters.values())
+    }
 
 
 def total_memory_bytes(device: torch.device) -> int:
@@ -146,40 +196,107 @@ _SEQUENTIAL_MODELS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyD
 _BATCHING_ERRORS = ("batching rule", "vmap", "functorch", "batched")
 
 
-def _is_batching_error(err: Exception) -> bool:
+def is_batching_error(err: Exception) -> bool:
     return isinstance(err, RuntimeError | NotImplementedError) and any(
         word in str(err).lower() for word in _BATCHING_ERRORS
     )
 
 
+@contextlib.contextmanager
+def quiet_vmap() -> Iterator[None]:
+    """Silence torch's "performance drop ... batching rule" notes inside the engine's own
+    batched passes (they fall back to a loop inside torch; the numbers are the same)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        yield
+
+
 def _batched_cotangents(
-    flat: torch.Tensor, tensors: list[torch.Tensor], grads: list[torch.Tensor], chunk: int
+    flat: torch.Tensor,
+    tensors: list[torch.Tensor],
+    axes: list[int],
+    grads: list[torch.Tensor],
+    chunk: int,
 ) -> None:
-    """grads[u][:, c] = ∂ Σ_i flat[i, c] / ∂ tensors[u], one batched backward per chunk of
-    outputs (grad_outputs = rows of the identity, vmapped by autograd)."""
+    """grads[u][:, c] = ∂ Σ_i flat[i, c] / ∂ tensors[u] (batch axis axes[u] moved to the
+    front), one batched backward per chunk of outputs (grad_outputs = rows of the identity,
+    vmapped by autograd)."""
     n, k = flat.shape
     basis = torch.eye(k, dtype=flat.dtype, device=flat.device)
     for c0 in range(0, k, chunk):
         c1 = min(k, c0 + chunk)
         seeds = basis[c0:c1].unsqueeze(1).expand(c1 - c0, n, k)
-        parts = torch.autograd.grad(
-            flat, tensors, seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
-        )
-        for dest, part in zip(grads, parts, strict=True):
+        with quiet_vmap():
+            parts = torch.autograd.grad(
+                flat, tensors, seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+        for dest, part, axis in zip(grads, parts, axes, strict=True):
             if part is not None:
-                dest[:, c0:c1] = part.transpose(0, 1)
+                dest[:, c0:c1] = part.movedim(1 + axis, 0)
 
 
 def _sequential_cotangents(
-    flat: torch.Tensor, tensors: list[torch.Tensor], grads: list[torch.Tensor]
+    flat: torch.Tensor, tensors: list[torch.Tensor], axes: list[int], grads: list[torch.Tensor]
 ) -> None:
     """The same as :func:`_batched_cotangents` with one backward pass per output."""
     k = flat.shape[1]
     for c in range(k):
         parts = torch.autograd.grad(flat[:, c].sum(), tensors, retain_graph=True, allow_unused=True)
-        for dest, part in zip(grads, parts, strict=True):
+        for dest, part, axis in zip(grads, parts, axes, strict=True):
             if part is not None:
-                dest[:, c] = part
+                dest[:, c] = part.movedim(axis, 0)
+
+
+def batched_vjp(
+    outputs: list[torch.Tensor], inputs: list[torch.Tensor], seeds: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """For each row r of the seeds: ∂ Σ_o ⟨seeds[o][r], outputs[o]⟩ / ∂ inputs, stacked over r
+    (zeros for inputs the outputs do not reach); one batched backward, or a loop where the
+    backward cannot be batched."""
+    rows = seeds[0].shape[0]
+    try:
+        with quiet_vmap():
+            grads = torch.autograd.grad(
+                outputs, inputs, seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+    except Exception as err:
+        if not is_batching_error(err):
+            raise
+        per_row = [
+            torch.autograd.grad(
+                outputs, inputs, [s[r] for s in seeds], retain_graph=True, allow_unused=True
+            )
+            for r in range(rows)
+        ]
+        grads = tuple(
+            None if per_row[0][i] is None else torch.stack([row[i] for row in per_row])
+            for i in range(len(inputs))
+        )
+    return [
+        p.new_zeros((rows, *p.shape)) if gr is None else gr
+        for p, gr in zip(inputs, grads, strict=True)
+    ]
+
+
+def first_axis(use: ModuleUse) -> list[int | None]:
+    """Batch axis 0 for every tracked output leaf (the layout of plain batch-first modules)."""
+    return [None if t is None else 0 for t in use.outputs]
+
+
+def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x) flattened per sample to (n, k), with clear errors for unusable outputs."""
+    out = model(x)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model(x) must return a tensor, got {type(out).__name__}")
+    n = x.shape[0]
+    if out.dim() == 0 or out.shape[0] != n:
+        raise ValueError(
+            f"model output has shape {tuple(out.shape)} but the batch has {n} samples; the "
+            "NTK engine needs outputs (n, ...) with the samples on the first axis"
+        )
+    if not out.is_floating_point():
+        raise TypeError(f"model output has dtype {out.dtype}; it must be floating point")
+    return out.reshape(n, -1)
 
 
 def forward_with_cotangents(
@@ -187,42 +304,73 @@ def forward_with_cotangents(
     x: torch.Tensor,
     capture: Capture,
     *,
+    out_axes: Callable[[ModuleUse], list[int | None]] = first_axis,
     budget_bytes: int | None = None,
     batched: bool = True,
 ) -> tuple[torch.Tensor, list[ModuleUse]]:
     """Run ``model(x)`` with ``capture`` installed and fill every use's cotangents.
 
-    Returns the outputs flattened per sample, (n, k), and the uses in call order. The k
-    cotangents come from batched backward passes over the output basis, ``chunk`` outputs
-    at a time with chunk·(bytes of all captured outputs)·2 ≤ ``budget_bytes`` (default
-    :func:`cotangent_budget_bytes`), so k = 1000 runs in bounded memory. Models whose
-    backward cannot be batched (detected once per model, with a warning) and
-    ``batched=False`` use k sequential backward passes instead; both give the same numbers
-    up to rounding.
+    Returns the outputs flattened per sample, (n, k), still connected to the graph (detach
+    it once done), and the uses in call order. ``out_axes(use)`` gives the batch axis of each
+    output leaf (None: no cotangent wanted). The k cotangents come from batched backward
+    passes over the output basis, ``chunk`` outputs at a time with chunk·(bytes of all
+    captured outputs)·2 ≤ ``budget_bytes`` (default :func:`cotangent_budget_bytes`), so
+    k = 1000 runs in bounded memory. Models whose backward cannot be batched (detected once
+    per model, with a warning) and ``batched=False`` use k sequential backward passes
+    instead; both give the same numbers up to rounding.
     """
     capture.uses = []
     with torch.enable_grad(), capture.installed():
-        out = model(x)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"model(x) must return a tensor, got {type(out).__name__}")
-    n = x.shape[0]
-    if out.shape[0] != n:
-        raise ValueError(f"model output has leading size {out.shape[0]} but the batch has {n}")
-    flat = out.reshape(n, -1)
-    k = flat.shape[1]
+        flat = model_output(model, x)
+    n, k = flat.shape
     uses = capture.uses
     capture.uses = []
-    tensors = [u.output for u in uses]
-    # (n, k, ...) per use, filled chunk by chunk (no list of k copies to stack)
-    grads = [t.new_zeros((t.shape[0], k, *t.shape[1:])) for t in tensors]
+    tensors: list[torch.Tensor] = []
+    axes: list[int] = []
+    grads: list[torch.Tensor] = []
+    for use in uses:
+        use.grads = []
+        for leaf, axis in zip(use.outputs, out_axes(use), strict=True):
+            if leaf is None or axis is None:
+                use.grads.append(None)
+                continue
+            if leaf.dim() <= axis or leaf.shape[axis] != n:
+                raise RuntimeError(
+                    f"module {use.name!r} call {use.index}: output of shape "
+                    f"{tuple(leaf.shape)} has no batch axis {axis} of size {n}"
+                )
+            rest = leaf.shape[:axis] + leaf.shape[axis + 1 :]
+            dest = leaf.new_zeros((n, k, *rest))  # filled chunk by chunk, no k copies to stack
+            tensors.append(leaf)
+            axes.append(axis)
+            grads.append(dest)
+            use.grads.append(dest)
+        use.outputs = []
+    if tensors:
+        _fill_cotangents(model, flat, tensors, axes, grads, budget_bytes, batched)
+    return flat, uses
+
+
+def _fill_cotangents(
+    model: nn.Module,
+    flat: torch.Tensor,
+    tensors: list[torch.Tensor],
+    axes: list[int],
+    grads: list[torch.Tensor],
+    budget_bytes: int | None,
+    batched: bool,
+) -> None:
+    k = flat.shape[1]
     if budget_bytes is None:
         budget_bytes = cotangent_budget_bytes(flat.device)
     per_output = sum(t.numel() * t.element_size() for t in tensors)
     if batched and k > 1 and model not in _SEQUENTIAL_MODELS:
         try:
-            _batched_cotangents(flat, tensors, grads, output_chunk(k, per_output, budget_bytes))
+            chunk = output_chunk(k, per_output, budget_bytes)
+            _batched_cotangents(flat, tensors, axes, grads, chunk)
+            return
         except Exception as err:
-            if not _is_batching_error(err):
+            if not is_batching_error(err):
                 raise
             _SEQUENTIAL_MODELS[model] = str(err)
             warnings.warn(
@@ -230,14 +378,8 @@ def forward_with_cotangents(
                 f"({str(err).splitlines()[0]}); using {k} sequential backward passes instead "
                 "(same numbers, slower). Said once per model.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             for g in grads:
                 g.zero_()
-            _sequential_cotangents(flat, tensors, grads)
-    else:
-        _sequential_cotangents(flat, tensors, grads)
-    for use, grad in zip(uses, grads, strict=True):
-        use.grad = grad
-        use.output = None
-    return flat.detach(), uses
+    _sequential_cotangents(flat, tensors, axes, grads)

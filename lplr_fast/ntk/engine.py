@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,24 +22,41 @@ from torch import nn
 
 from ..gram import COMPUTE_MODES, gram_out_shape
 from . import reference
-from .capture import Capture, forward_with_cotangents, parametrised_modules, total_memory_bytes
+from .capture import (
+    Capture,
+    ModuleUse,
+    cotangent_budget_bytes,
+    forward_with_cotangents,
+    model_output,
+    total_memory_bytes,
+)
+from .plan import Plan, Route, build_plan
+from .probe import ProbeCheck, ProbeMismatchError, ProbeReport
 from .rules import (
     ConvRoute,
     Features,
+    Group,
     SpatialFeatures,
     accumulate_pair,
     default_chunk,
     feature_bytes_per_sample,
+    generic_features,
+    implied_gradients,
+    route_features,
 )
-from .rules import module_features as _module_features
 from .stream import DenseAssembly, Tile, check_consumer, feed, wants_parts
 from .symmetry import symmetrize_
 from .validation import (
-    batchnorms_in_eval,
+    BufferGuard,
     check_inputs,
     check_model,
+    forward_context,
+    full_precision,
     train_mode_batchnorms,
     trainable_parameters,
+    unwrap_compiled,
+    usable_input,
+    usable_model,
 )
 
 Implementation = Literal["structured", "jacobian", "ntk_vp"]
@@ -71,25 +89,15 @@ def available_memory_bytes(device: torch.device) -> int:
 
 
 class _BlockFeatures:
-    """Per-block features, module name → list of features (one per use), with a byte-bounded
+    """Per-block features, group key → list of features (one per use), with a byte-bounded
     cache so that column blocks are not recomputed when they fit."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        compute: str,
-        route: ConvRoute,
-        block: int,
-        cache_bytes: int,
-        bn_eval: bool = False,
-    ) -> None:
-        self.model, self.x, self.compute, self.route, self.block = model, x, compute, route, block
-        self.bn_eval = bn_eval
-        self.capture = Capture(parametrised_modules(model))
+    def __init__(self, job: _Job, plan: Plan, x: torch.Tensor, block: int, cache: int) -> None:
+        self.job, self.plan, self.x, self.block = job, plan, x, block
+        self.capture = Capture({name: r.module for name, r in plan.routes.items()})
         self.cache: dict[int, dict[str, list[Features]]] = {}
-        self.cache_bytes_left = cache_bytes
-        self.k: int | None = None
+        self.cache_bytes_left = cache
+        self.part_of: dict[str, str] = {}
 
     def get(self, b: int) -> dict[str, list[Features]]:
         if b in self.cache:
@@ -101,62 +109,178 @@ class _BlockFeatures:
         return feats
 
     def compute_block(self, xb: torch.Tensor) -> tuple[dict[str, list[Features]], int]:
-        with batchnorms_in_eval(self.model, self.bn_eval):
-            return self._compute_block(xb)
-
-    def _compute_block(self, xb: torch.Tensor) -> tuple[dict[str, list[Features]], int]:
-        flat, uses = forward_with_cotangents(self.model, xb, self.capture)
-        k = flat.shape[1]
-        if self.k is None:
-            self.k = k
-        kk = k * k if self.compute == "full" else k
-        feats: dict[str, list[Features]] = {}
-        nbytes = 0
-        for use in uses:
-            n_params = sum(p.numel() for p in use.module.parameters(recurse=False))
-            f = _module_features(
-                use,
-                self.capture,
-                kk=kk,
-                route=self.route,
-                chunk=default_chunk(xb.shape[0], k, n_params),
+        job = self.job
+        with forward_context(job.model, job.bn_eval, job.guard):
+            flat, uses = forward_with_cotangents(
+                job.model, xb, self.capture, out_axes=self.plan.out_axes
             )
-            feats.setdefault(use.name, []).append(f)
-            nbytes += feature_bytes_per_sample(f) * xb.shape[0]
+            groups = self.groups(xb, uses)
+        del flat
+        feats: dict[str, list[Features]] = {}
+        for group in groups:
+            feats.setdefault(group.key, []).append(group.features)
+            self.part_of[group.key] = group.part
+        nbytes = sum(feature_bytes_per_sample(f) for fs in feats.values() for f in fs)
+        nbytes *= xb.shape[0]
         return feats, nbytes
+
+    def groups(self, xb: torch.Tensor, uses: list[ModuleUse]) -> list[Group]:
+        job, plan = self.job, self.plan
+        k = plan.k
+        kk = k * k if job.compute == "full" else k
+        groups: list[Group] = []
+        for use in uses:
+            route = plan.routes[use.name]
+            n_params = sum(p.numel() for p in route.params.values())
+            chunk = default_chunk(xb.shape[0], k, n_params)
+            groups += route_features(use, route, kk=kk, conv_route=job.route, chunk=chunk)
+        budget = cotangent_budget_bytes(xb.device)
+        return groups + generic_features(job.model, xb, plan.generic, k, budget)
 
 
 def _pair_blocks(
-    parts: dict[str, torch.Tensor],
+    targets: dict[str, torch.Tensor],
     f1: dict[str, list[Features]],
     f2: dict[str, list[Features]] | None,
     compute: str,
 ) -> None:
-    """Accumulate every module's contribution of one tile into ``parts``; each use of a
-    module in the row block is paired with each use in the column block."""
-    for name, uses1 in f1.items():
-        out = parts[name]
+    """Accumulate every group's contribution of one tile into ``targets[group]``; each use in
+    the row block is paired with each use of the same group in the column block."""
+    for key, uses1 in f1.items():
+        out = targets[key]
         if f2 is None:
             for u, fu in enumerate(uses1):
                 for v, fv in enumerate(uses1):
                     accumulate_pair(out, fu, None if u == v else fv, compute)
         else:
             for fu in uses1:
-                for fv in f2.get(name, []):
+                for fv in f2.get(key, []):
                     accumulate_pair(out, fu, fv, compute)
 
 
-def _choose_block_size(job: _Job, n_parts: int) -> int:
+def _validation_rows(job: _Job) -> torch.Tensor:
+    return job.x1[: min(job.x1.shape[0], 4)]
+
+
+def _verify_routes(job: _Job, plan: Plan) -> int:
+    """Check the plan on real samples: the gradient of Σ w_ic f_c(x_i) (random w) implied by
+    every route's features must equal autograd's on the same forward; parameters whose
+    routes disagree (used outside their module's call, a customised forward...) and modules
+    whose per-sample gradients cannot be vmapped are rerouted. Returns the per-sample
+    feature bytes (for the block size)."""
+    xv = _validation_rows(job)
+    features = _BlockFeatures(job, plan, job.x1, block=xv.shape[0], cache=0)
+    qualified = {id(p): q for q, p in trainable_parameters(job.model).items()}
+    gen = torch.Generator().manual_seed(0)
+    with forward_context(job.model, job.bn_eval, job.guard):
+        flat, uses = forward_with_cotangents(
+            job.model, xv, features.capture, out_axes=plan.out_axes
+        )
+        if flat.shape[1] != plan.k:
+            raise RuntimeError("the model's number of outputs depends on the batch")
+        groups = _groups_with_fallbacks(features, plan, xv, uses)
+        w = torch.randn(flat.shape, generator=gen, dtype=torch.float64).to(flat)
+        params = list(trainable_parameters(job.model).values())
+        true = torch.autograd.grad(flat, params, w, allow_unused=True)
+        with torch.no_grad():
+            alone = torch.cat([model_output(job.model, xv[i : i + 1]) for i in range(len(xv))])
+        finite = torch.isfinite(flat).all().to(flat.dtype)
+        coupling = torch.stack([(alone - flat).abs().max(), flat.abs().max() * finite])
+    implied: dict[str, torch.Tensor] = {}
+    for group in groups:
+        for q, grad in implied_gradients(group.features, w).items():
+            implied[q] = implied[q] + grad if q in implied else grad
+    generic = {q for part in plan.generic.values() for q in part}
+    eps = torch.finfo(job.out_dtype).eps
+    checks = [("<coupling>", None, coupling[0], coupling[1])]
+    for p, t in zip(params, true, strict=True):
+        q = qualified[id(p)]
+        if q in generic:
+            continue
+        got = implied.get(q, torch.zeros_like(p))
+        t = torch.zeros_like(p) if t is None else t
+        checks.append((q, p, (got - t).norm(), t.norm() + got.norm()))
+    diffs = torch.stack([torch.stack([c[2], c[3]]).to(job.out_dtype) for c in checks]).tolist()
+    if not math.isfinite(diffs[0][1]):
+        raise ValueError(
+            "the model's outputs contain NaN or Inf at these inputs (it overflows or divides "
+            "by zero there): its NTK is undefined"
+        )
+    if not diffs[0][0] <= PLAN_SAFETY * eps * diffs[0][1]:
+        raise ValueError(
+            "the model's output for a sample depends on the other samples of the batch (a "
+            f"change of {diffs[0][0]:.3g} when samples are run alone): batch statistics or "
+            "other interactions between samples leave the per-sample NTK undefined. Put "
+            "BatchNorm-like layers in eval mode (or batchnorm='eval'), or compute the "
+            "batch-coupled kernel yourself with implementation='jacobian' on a model that "
+            "takes the whole batch."
+        )
+    why = (
+        "its gradient differs from its module's rule (used outside the module's call, or "
+        "the module's forward is not what its rule assumes)"
+    )
+    for (q, p, _, _), (diff, scale) in zip(checks[1:], diffs[1:], strict=True):
+        if not diff <= PLAN_SAFETY * eps * scale:
+            plan.move_to_generic(q, p, q.rpartition(".")[0], why)
+    nbytes = sum(feature_bytes_per_sample(g.features) for g in groups)
+    return max(1, nbytes)
+
+
+PLAN_SAFETY = 2.0**10
+
+
+def _groups_with_fallbacks(
+    features: _BlockFeatures, plan: Plan, xv: torch.Tensor, uses: list[ModuleUse]
+) -> list[Group]:
+    """Features of the validation block; a ``module`` route whose vmap fails retries with
+    plain autograd, and goes to the generic route if that fails too."""
+    while True:
+        try:
+            return features.groups(xv, uses)
+        except Exception:
+            route = _first_failing_route(features, plan, xv, uses)
+            if route is None:
+                raise
+            if route.rule == "module" and not route.autograd:
+                route.autograd = True
+            else:
+                for rel, p in list(route.params.items()):
+                    q = route.qualified[rel]
+                    plan.move_to_generic(
+                        q, p, q.rpartition(".")[0], f"module {route.name!r}: its rule failed"
+                    )
+                uses = [u for u in uses if u.name != route.name]
+
+
+def _first_failing_route(
+    features: _BlockFeatures, plan: Plan, xv: torch.Tensor, uses: list[ModuleUse]
+) -> Route | None:
+    k = plan.k
+    kk = k * k if features.job.compute == "full" else k
+    for use in uses:
+        route = plan.routes.get(use.name)
+        if route is None:
+            continue
+        try:
+            route_features(use, route, kk=kk, conv_route=features.job.route, chunk=xv.shape[0])
+        except Exception:
+            return route
+    return None
+
+
+def _plan(job: _Job) -> tuple[Plan, int]:
+    """The routing of every parameter, checked on real samples, and the feature bytes per
+    sample of the plan's features."""
+    with forward_context(job.model, job.bn_eval, job.guard):
+        plan = build_plan(job.model, job.x1)
+    per_sample = _verify_routes(job, plan)
+    return plan, per_sample
+
+
+def _choose_block_size(job: _Job, per_sample: int, k: int, n_parts: int) -> int:
     """Largest block whose features (two blocks) and tile parts fit in an eighth of the
     device's *total* memory (so the tiling, hence the bits, do not depend on the machine's
-    current load), from the feature size of a probe block of up to 4 samples."""
-    probe = _BlockFeatures(
-        job.model, job.x1, job.compute, job.route, block=4, cache_bytes=0, bn_eval=job.bn_eval
-    )
-    xb = job.x1[:4]
-    _, nbytes = probe.compute_block(xb)
-    per_sample = max(1, nbytes // xb.shape[0])
-    k = probe.k or 1
+    current load); ``per_sample``: feature bytes per sample."""
     kk = k * k if job.compute == "full" else (k if job.compute == "diagonal" else 1)
     budget = total_memory_bytes(job.x1.device) // 8
     esize = torch.finfo(job.out_dtype).bits // 8
@@ -187,6 +311,8 @@ class _Job:
     route: ConvRoute
     bn_eval: bool
     out_dtype: torch.dtype
+    guard: BufferGuard
+    last_probe: ProbeReport | None = None
 
     @property
     def n2(self) -> int:
@@ -213,7 +339,10 @@ def _prepare(
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if route not in ("auto", "ghost", "materialize"):
         raise ValueError(f"conv_route must be 'auto', 'ghost' or 'materialize', got {route!r}")
+    model = unwrap_compiled(model)
     check_model(model, batchnorm)
+    model = usable_model(model)
+    x1, x2 = usable_input(x1), usable_input(x2)
     if dtype is not None:
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
@@ -223,31 +352,28 @@ def _prepare(
         x2 = x2.to(dtype) if torch.is_tensor(x2) and x2.is_floating_point() else x2
     check_inputs(model, x1, x2)
     out_dtype = next(iter(trainable_parameters(model).values())).dtype
-    return _Job(model, x1, x2, compute, route, batchnorm == "eval", out_dtype)
+    return _Job(model, x1, x2, compute, route, batchnorm == "eval", out_dtype, BufferGuard(model))
 
 
 def _tiles(
-    job: _Job, block_size: int | None, want_parts: bool
+    job: _Job, block_size: int | None, want_parts: bool, probe: list[ProbeCheck]
 ) -> Iterator[tuple[slice, slice, torch.Tensor, dict[str, torch.Tensor]]]:
     """The tile producer: ``(rows, cols, total, parts)`` for every tile (upper triangle only
-    when x2 is None). No host synchronisation per tile; the model's state is only changed
-    (BatchNorms put in eval) inside each block's forward, never while suspended."""
-    names = list(parametrised_modules(job.model))
+    when x2 is None). No host synchronisation per tile; the model is only touched (buffers,
+    BatchNorm flags) inside each block's forward, never while suspended. ``probe``: filled
+    with the verification consumer for this stream once the output count is known."""
+    plan, per_sample = _plan(job)
+    names = plan.parts()
     if block_size is None:
-        block_size = _choose_block_size(job, len(names) if want_parts else 0)
+        block_size = _choose_block_size(job, per_sample, plan.k, len(names) if want_parts else 0)
+    for check in probe:
+        check.start(job, plan.k, block_size)
     x1, xs2 = job.x1, job.x1 if job.x2 is None else job.x2
     budget = available_memory_bytes(x1.device) // 8  # feature cache: does not change bits
     # Row blocks are visited once each, so only the column blocks are worth caching (with
     # x2=None the rows are the columns).
-    rows = _BlockFeatures(
-        job.model, x1, job.compute, job.route, block_size,
-        budget if job.symmetric else 0, job.bn_eval,
-    )  # fmt: skip
-    cols = (
-        rows
-        if job.symmetric
-        else _BlockFeatures(job.model, xs2, job.compute, job.route, block_size, budget, job.bn_eval)
-    )
+    rows = _BlockFeatures(job, plan, x1, block_size, budget if job.symmetric else 0)
+    cols = rows if job.symmetric else _BlockFeatures(job, plan, xs2, block_size, budget)
     n_row_blocks = -(-x1.shape[0] // block_size)
     n_col_blocks = -(-xs2.shape[0] // block_size)
     for bi in range(n_row_blocks):
@@ -255,21 +381,22 @@ def _tiles(
         r = slice(bi * block_size, min(x1.shape[0], (bi + 1) * block_size))
         for bj in range(bi if job.symmetric else 0, n_col_blocks):
             c = slice(bj * block_size, min(xs2.shape[0], (bj + 1) * block_size))
-            k = rows.k
-            assert k is not None
-            shape = gram_out_shape(r.stop - r.start, c.stop - c.start, k, job.compute)
+            shape = gram_out_shape(r.stop - r.start, c.stop - c.start, plan.k, job.compute)
             zeros = dict(dtype=job.out_dtype, device=x1.device)
+            diagonal = job.symmetric and bi == bj
+            f2 = None if diagonal else cols.get(bj)
+            part_of = {**rows.part_of, **cols.part_of}
             if want_parts:
                 parts = {n: torch.zeros(shape, **zeros) for n in names}
-                targets = parts
-            else:  # one accumulator shared by all modules: no per-module tiles in memory
+                targets = {key: parts[part] for key, part in part_of.items()}
+            else:  # one accumulator shared by all groups: no per-module tiles in memory
                 parts = {TOTAL: torch.zeros(shape, **zeros)}
-                targets = dict.fromkeys(names, parts[TOTAL])
-            diagonal = job.symmetric and bi == bj
-            _pair_blocks(targets, f1, None if diagonal else cols.get(bj), job.compute)
-            if diagonal and (x1.device.type != "cpu" or _needs_symmetrising(f1)):
-                for part in parts.values():
-                    symmetrize_(part, job.compute)
+                targets = dict.fromkeys(part_of, parts[TOTAL])
+            with full_precision():
+                _pair_blocks(targets, f1, f2, job.compute)
+                if diagonal and (x1.device.type != "cpu" or _needs_symmetrising(f1)):
+                    for part in parts.values():
+                        symmetrize_(part, job.compute)
             yield r, c, _tile_total(parts), ({} if TOTAL in parts else parts)
 
 
@@ -294,23 +421,75 @@ def _tile_total(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     return total
 
 
+class _DeferredProbe:
+    """The probe consumer, made once the stream knows k and its block size."""
+
+    def __init__(self) -> None:
+        self.check: ProbeCheck | None = None
+
+    def start(self, job: _Job, k: int, block_size: int) -> None:
+        self.check = ProbeCheck(
+            job.model, job.x1, job.x2, compute=job.compute, k=k, bn_eval=job.bn_eval,
+            guard=job.guard, block_size=block_size,
+        )  # fmt: skip
+
+    def update(self, rows: slice, cols: slice, tile: torch.Tensor, layer: str | None = None):
+        assert self.check is not None
+        self.check.update(rows, cols, tile, layer)
+
+    def finish(self) -> ProbeReport | None:
+        return None if self.check is None else self.check.finish()
+
+
 def _blocks(
-    job: _Job, block_size: int | None, consumers: list[Any], want_parts: bool
+    job: _Job, block_size: int | None, consumers: list[Any], want_parts: bool, verify: str
 ) -> Iterator[tuple[slice, slice, torch.Tensor, dict[str, torch.Tensor]]]:
-    """The tile stream with its consumers fed: what ``ntk_blocks`` and ``empirical_ntk``
-    both iterate. Consumers were checked by the caller, before any work."""
+    """The tile stream with its consumers fed and, with ``verify="probe"``, checked at its
+    end (:class:`ProbeMismatchError`): what ``ntk_blocks`` and ``empirical_ntk`` iterate.
+    Consumers were checked by the caller, before any work."""
     want_parts = want_parts or wants_parts(consumers)
-    for r, c, total, parts in _tiles(job, block_size, want_parts):
-        for consumer in consumers:
+    probe = [_DeferredProbe()] if verify == "probe" else []
+    for r, c, total, parts in _tiles(job, block_size, want_parts, probe):
+        for consumer in [*probe, *consumers]:
             feed(consumer, r, c, total, parts)
         yield r, c, total, parts
+    for check in probe:
+        job.last_probe = check.finish()
 
 
-def _check_block_size(block_size: int | None) -> None:
+def routes(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    batchnorm: Literal["error", "eval", "batch"] = "error",
+) -> dict[str, str]:
+    """How :func:`empirical_ntk` computes each trainable parameter's share of the kernel on
+    inputs like ``x``: "linear" / "conv" (structured Gram rules), "module" (per-sample
+    gradients of the module's parameters from its output cotangents; "module (autograd)"
+    where vmap cannot run the module), or "generic: <reason>" (per-sample gradients of the
+    whole network: exact, slower). Keys are parameter names."""
+    job = _prepare(model, x, None, "full", "structured", dtype, batchnorm)
+    plan, _ = _plan(job)
+    out: dict[str, str] = {}
+    for route in plan.routes.values():
+        label = route.rule + (" (autograd)" if route.autograd else "")
+        out.update(dict.fromkeys(route.qualified.values(), label))
+    for params in plan.generic.values():
+        for q in params:
+            out[q] = f"generic: {plan.reasons.get(q, 'unknown')}"
+    return dict(sorted(out.items()))
+
+
+def _check_options(block_size: int | None, verify: str, on_mismatch: str) -> None:
     if block_size is not None and (
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
     ):
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if verify not in ("probe", "off"):
+        raise ValueError(f"verify must be 'probe' or 'off', got {verify!r}")
+    if on_mismatch not in ("raise", "fallback"):
+        raise ValueError(f"on_mismatch must be 'raise' or 'fallback', got {on_mismatch!r}")
 
 
 def ntk_blocks(
@@ -325,6 +504,7 @@ def ntk_blocks(
     batchnorm: Literal["error", "eval", "batch"] = "error",
     conv_route: ConvRoute = "auto",
     bounds: Any = None,
+    verify: Literal["probe", "off"] = "probe",
 ) -> Iterator[tuple[Tile, Any]]:
     """Stream the structured empirical NTK tile by tile (the one producer of kernel tiles:
     :func:`empirical_ntk` assembles what this yields).
@@ -338,28 +518,38 @@ def ntk_blocks(
     tile (per part) at a time. ``bounds``: a tile consumer (e.g. a
     :class:`lplr_fast.StreamingBounds`) fed every tile as it passes.
 
+    ``verify="probe"`` (default) accumulates the random-probe check of :mod:`.probe` over
+    the tiles and runs its autograd side after the last one: the generator then raises
+    :class:`ProbeMismatchError` instead of finishing if the kernel was wrong (tiles already
+    consumed, and consumers fed, are then not to be trusted). Stopping early skips it.
+
     Options are checked when the generator is created; the model is only touched (train-mode
-    BatchNorms put in eval with ``batchnorm="eval"``) while a block's forward runs.
+    BatchNorms put in eval with ``batchnorm="eval"``, buffers restored) while a block's
+    forward runs.
     """
     job = _prepare(model, x1, x2, compute, "structured", dtype, batchnorm, conv_route)
-    _check_block_size(block_size)
+    _check_options(block_size, verify, "raise")
     if batchnorm == "batch" and train_mode_batchnorms(job.model):
         raise ValueError(
             "batchnorm='batch' couples all samples of a batch and cannot be tiled; "
             "use empirical_ntk(..., batchnorm='batch') on the whole batch"
         )
     consumers = [] if bounds is None else [bounds]
+    _check_consumers(job, consumers)
+    return _public_tiles(job, block_size, consumers, return_layers, verify)
+
+
+def _check_consumers(job: _Job, consumers: list[Any]) -> None:
     for consumer in consumers:
         check_consumer(
             consumer, n1=job.x1.shape[0], n2=job.n2, compute=job.compute, symmetric=job.symmetric
         )
-    return _public_tiles(job, block_size, consumers, return_layers)
 
 
 def _public_tiles(
-    job: _Job, block_size: int | None, consumers: list[Any], return_layers: bool
+    job: _Job, block_size: int | None, consumers: list[Any], return_layers: bool, verify: str
 ) -> Iterator[tuple[Tile, Any]]:
-    for r, c, total, parts in _blocks(job, block_size, consumers, return_layers):
+    for r, c, total, parts in _blocks(job, block_size, consumers, return_layers, verify):
         yield (r, c), ((total, parts) if return_layers else total)
 
 
@@ -377,19 +567,22 @@ def empirical_ntk(
     out: torch.Tensor | np.ndarray | None = None,
     conv_route: ConvRoute = "auto",
     bounds: Any = None,
+    verify: Literal["probe", "off"] = "probe",
+    on_mismatch: Literal["raise", "fallback"] = "raise",
 ) -> Any:
     """Empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of ``model``'s outputs w.r.t. its trainable
     parameters.
 
     Args:
         model: maps a batch (n, ...) to outputs (n, ...) flattened per sample to k outputs.
+            Any ``nn.Module`` (see README, "What models are supported"); never modified.
         x1: (n1, ...) inputs; x2: (n2, ...) inputs or None for x2 = x1 (symmetry exploited).
         compute: "full" → (n1, n2, k, k); "trace" → (n1, n2), summed over outputs c = c';
             "diagonal" → (n1, n2, k), output c with output c. (neural-tangents'
             ``trace_axes=()`` is "full"; note that its default *averages* over outputs.)
         implementation: "structured" (per-layer Gram identities, the fast path),
-            "jacobian" (torch.func per-sample Jacobians + contraction) or "ntk_vp"
-            (VJP/JVP NTK-vector products), the last two as references.
+            "jacobian" (per-sample Jacobians + contraction) or "ntk_vp" (VJP/JVP
+            NTK-vector products), the last two as references.
         block_size: samples per tile side; default from the problem's feature sizes and the
             device's total memory (deterministic: the same on every run of one machine).
         dtype: compute in this dtype (the model is copied, never modified).
@@ -406,6 +599,13 @@ def empirical_ntk(
             per-layer parts with ``per_layer=True``) without a second pass over the kernel.
             ``bounds=True`` makes a StreamingBounds (per-layer when ``return_layers``) and
             returns it last.
+        verify: "probe" (default) checks the structured kernel against plain autograd with
+            random probes uᵀΘv = (J₁ᵀu)·(J₂ᵀv) (see :mod:`lplr_fast.ntk.probe`; cost about
+            one forward and one backward pass over the data in "full" mode, k backward
+            passes over 1/64 of it in "trace"/"diagonal"); "off" skips it.
+        on_mismatch: what a failed check does: "raise" (:class:`ProbeMismatchError`, the
+            default) or "fallback" (warn, recompute with ``implementation="jacobian"``, fill
+            ``out``, and feed ``bounds`` only then).
 
     Returns:
         The kernel (``out`` when given), then ``parts`` with ``return_layers`` and the
@@ -413,7 +613,7 @@ def empirical_ntk(
         ``(kernel, stream)`` or ``(kernel, parts, stream)``.
     """
     job = _prepare(model, x1, x2, compute, implementation, dtype, batchnorm, conv_route)
-    _check_block_size(block_size)
+    _check_options(block_size, verify, on_mismatch)
     if bounds is True:
         if _bounds_factory is None:
             raise TypeError("bounds=True needs lplr_fast imported (it builds a StreamingBounds)")
@@ -421,14 +621,11 @@ def empirical_ntk(
         result = empirical_ntk(
             job.model, job.x1, job.x2, compute=compute, implementation=implementation,
             block_size=block_size, return_layers=return_layers, batchnorm=batchnorm, out=out,
-            conv_route=conv_route, bounds=stream,
+            conv_route=conv_route, bounds=stream, verify=verify, on_mismatch=on_mismatch,
         )  # fmt: skip
         return (*result, stream) if return_layers else (result, stream)
     consumers = [] if bounds is None or bounds is False else [bounds]
-    for consumer in consumers:
-        check_consumer(
-            consumer, n1=job.x1.shape[0], n2=job.n2, compute=job.compute, symmetric=job.symmetric
-        )
+    _check_consumers(job, consumers)
     coupled = batchnorm == "batch" and bool(train_mode_batchnorms(job.model))
     if coupled or implementation != "structured":
         if out is not None:
@@ -440,24 +637,63 @@ def empirical_ntk(
             feed(consumer, whole1, whole2, total, parts)
         return (total, parts) if return_layers else total
 
+    defer = on_mismatch == "fallback" and bool(consumers)
+    per_layer = return_layers or (defer and wants_parts(consumers))
     dense = DenseAssembly(
         n1=job.x1.shape[0], n2=job.n2, compute=compute, symmetric=job.symmetric,
-        dtype=job.out_dtype, device=job.x1.device, out=out, per_layer=return_layers,
+        dtype=job.out_dtype, device=job.x1.device, out=out, per_layer=per_layer,
     )  # fmt: skip
-    for r, c, total, parts in _blocks(job, block_size, [*consumers, dense], return_layers):
-        del r, c, total, parts  # the consumers did the work
+    fed = [dense] if defer else [*consumers, dense]
+    tiles: list[Tile] = []
+    try:
+        for r, c, _, _ in _blocks(job, block_size, fed, per_layer, verify):
+            tiles.append((r, c))
+    except ProbeMismatchError as err:
+        if on_mismatch == "raise":
+            raise
+        _fallback(job, dense, err, tiles)
     dense.finish()
-    return (dense.result, dense.parts) if return_layers else dense.result
+    if defer:
+        _feed_stored(consumers, dense, tiles)
+    if return_layers:
+        return dense.result, dense.parts
+    return dense.result
+
+
+def _fallback(job: _Job, dense: DenseAssembly, err: ProbeMismatchError, tiles: list[Tile]):
+    """Recompute the kernel with the reference path into ``dense`` after a failed check."""
+    warnings.warn(
+        f"{err} Falling back to implementation='jacobian' (exact, slower).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    parts = _reference_parts(job, "jacobian", False, None)
+    whole1, whole2 = slice(0, job.x1.shape[0]), slice(0, job.n2)
+    dense.finish()  # pending host writes of the failed pass land first
+    symmetric, dense.symmetric = dense.symmetric, False
+    try:
+        feed(dense, whole1, whole2, sum(parts.values()), parts)
+    finally:
+        dense.symmetric = symmetric
+
+
+def _feed_stored(consumers: list[Any], dense: DenseAssembly, tiles: list[Tile]) -> None:
+    """Feed the consumers from the stored (verified or recomputed) kernel, tile by tile."""
+    for r, c in tiles:
+        result = dense.result
+        block = result[r, c]
+        total = torch.from_numpy(np.asarray(block)) if isinstance(result, np.ndarray) else block
+        parts = {name: part[r, c] for name, part in dense.parts.items()}
+        for consumer in consumers:
+            feed(consumer, r, c, total, parts)
 
 
 def _reference_parts(
     job: _Job, implementation: str, coupled: bool, block_size: int | None
 ) -> dict[str, torch.Tensor]:
-    with batchnorms_in_eval(job.model, job.bn_eval):
+    with forward_context(job.model, job.bn_eval, job.guard):
         if coupled:
             return reference.batch_coupled_ntk(job.model, job.x1, job.x2, job.compute)
         if implementation == "jacobian":
-            return reference.jacobian_ntk(
-                job.model, job.x1, job.x2, job.compute, block_size or job.x1.shape[0]
-            )
+            return reference.jacobian_ntk(job.model, job.x1, job.x2, job.compute, block_size)
         return reference.ntk_vp(job.model, job.x1, job.x2, job.compute)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import jvp, vjp
 
 from .engine import _prepare, empirical_ntk
-from .reference import _functional
+from .reference import functional
 from .validation import batchnorms_in_eval, train_mode_batchnorms
 
 
@@ -54,7 +54,7 @@ class NTKOperator:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
         self.model, self.x, self.batchnorm = model, x, batchnorm
         self.chunk = chunk_size or x.shape[0]
-        self.params, self.f_batch, _ = _functional(model)
+        self.params, self.f_batch, _ = functional(model)
         ref = next(iter(self.params.values()))
         self.dtype, self.device = ref.dtype, ref.device
         with batchnorms_in_eval(model, batchnorm == "eval"):

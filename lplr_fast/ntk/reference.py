@@ -6,6 +6,14 @@
 * ``batch``: the batch-coupled kernel of a model with train-mode BatchNorm, J(X) J(X)ᵀ with
   J the Jacobian of the whole batch's outputs (slow, memory n·k·P).
 
+Where torch.func cannot run a model (recurrent layers under vmap, attention without
+forward-mode AD, custom autograd Functions without ``setup_context``), both fall back to
+per-sample Jacobians from plain reverse-mode autograd (the model run on a few samples at a
+time, one batched backward over their (sample, output) seeds), which runs on any model whose
+samples do not interact. None of them modifies the model: parameters are passed to
+``functional_call`` under every name they are registered as (once per module object, so a
+module registered twice is swapped once), buffers as copies.
+
 All return per-module parts (name of the module owning the parameters → kernel) so that the
 structured engine's ``return_layers`` can be checked part by part.
 """
@@ -13,11 +21,13 @@ structured engine's ``return_layers`` can be checked part by part.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from .capture import batched_vjp, cotangent_budget_bytes, model_output
 from .validation import trainable_parameters
 
 
@@ -35,19 +45,76 @@ def _contract(j1: torch.Tensor, j2: torch.Tensor, compute: str) -> torch.Tensor:
     return torch.einsum("iap,jap->ija", j1, j2)
 
 
-def _functional(model: nn.Module):
-    params = {n: p.detach() for n, p in trainable_parameters(model).items()}
-    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
+def _registered_names(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """First name → every name (one per module object holding it) of each trainable
+    parameter and of each other tensor (frozen parameters, buffers)."""
+    params: dict[int, list[str]] = {}
+    others: dict[int, list[str]] = {}
+    for mname, module in dict(model.named_modules()).items():
+        prefix = f"{mname}." if mname else ""
+        for attr, p in module._parameters.items():
+            if p is not None:
+                (params if p.requires_grad else others).setdefault(id(p), []).append(prefix + attr)
+        for attr, b in module._buffers.items():
+            if b is not None:
+                others.setdefault(id(b), []).append(prefix + attr)
+    return {v[0]: v for v in params.values()}, {v[0]: v for v in others.values()}
+
+
+def functional(
+    model: nn.Module,
+) -> tuple[
+    dict[str, torch.Tensor],
+    Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
+    Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
+]:
+    """(θ by first name, f_batch(θ, x) → (n, k), f_single(θ, x_i) → (k,)) for torch.func."""
+    trainable = trainable_parameters(model)
+    param_names, other_names = _registered_names(model)
+    params = {first: trainable[first].detach() for first in param_names}
+    fixed: dict[str, torch.Tensor] = {}
+    lookup = dict(model.named_parameters(remove_duplicate=False))
+    lookup.update(dict(model.named_buffers(remove_duplicate=False)))
+    for first, names in other_names.items():
+        value = lookup[first].detach().clone()
+        fixed.update(dict.fromkeys(names, value))
 
     def f_batch(theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, {**theta, **frozen, **buffers}, (x,))
+        full = dict(fixed)
+        for first, names in param_names.items():
+            full.update(dict.fromkeys(names, theta[first]))
+        out = functional_call(model, full, (x,), tie_weights=False)
         return out.reshape(x.shape[0], -1)
 
     def f_single(theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return f_batch(theta, x.unsqueeze(0))[0]
 
     return params, f_batch, f_single
+
+
+def autograd_jacobian(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample Jacobians {first name: (n, k, P_param)} by plain reverse-mode autograd on the
+    model itself: a few samples per forward, one batched backward over their (sample,
+    output) seeds. Works on any model whose samples do not interact."""
+    named = trainable_parameters(model)
+    names, params = list(named), list(named.values())
+    width = sum(p.numel() * p.element_size() for p in params)
+    budget = cotangent_budget_bytes(x.device)
+    pieces: list[list[torch.Tensor]] = []
+    sub = 1  # the first forward tells k, then as many samples as the budget allows (≤ 8)
+    s = 0
+    while s < x.shape[0]:
+        xs = x[s : s + sub]
+        m = xs.shape[0]
+        with torch.enable_grad():
+            flat = model_output(model, xs)
+        k = flat.shape[1]
+        seed = torch.eye(m * k, dtype=flat.dtype, device=flat.device).reshape(m * k, m, k)
+        grads = batched_vjp([flat], params, [seed])
+        pieces.append([g.reshape(m, k, -1) for g in grads])
+        s += m
+        sub = max(1, min(8, budget // max(1, 2 * k * width)))
+    return {n: torch.cat([piece[i] for piece in pieces]) for i, n in enumerate(names)}
 
 
 def _group_sum(per_param: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -58,21 +125,47 @@ def _group_sum(per_param: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return parts
 
 
+def _jacobian_block_size(model: nn.Module, n: int, k_guess: int = 16) -> int:
+    width = sum(p.numel() * p.element_size() for p in trainable_parameters(model).values())
+    return max(1, min(n, cotangent_budget_bytes(next(model.parameters()).device) // (
+        2 * k_guess * max(1, width)
+    )))  # fmt: skip
+
+
 def jacobian_ntk(
-    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, compute: str, block_size: int
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    compute: str,
+    block_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-module parts of Θ(x1, x2) by Jacobian contraction, in blocks of samples."""
-    params, _, f_single = _functional(model)
-    jac = vmap(jacrev(f_single), in_dims=(None, 0))
+    """Per-module parts of Θ(x1, x2) by Jacobian contraction, in blocks of samples (default:
+    from the memory budget). torch.func's vmap(jacrev) where it runs, plain autograd
+    otherwise."""
+    params, _, f_single = functional(model)
+    block = block_size or _jacobian_block_size(model, x1.shape[0])
+    functorch_jac = vmap(jacrev(f_single), in_dims=(None, 0))
+    use_functorch = True
+
+    def jac(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal use_functorch
+        if use_functorch:
+            try:
+                out = functorch_jac(params, x)
+                return {n: v.flatten(2) for n, v in out.items()}
+            except Exception:  # torch.func cannot run this model: plain autograd instead
+                use_functorch = False
+        return autograd_jacobian(model, x)
+
     xs2 = x1 if x2 is None else x2
     row_tiles: dict[str, list[torch.Tensor]] = {name: [] for name in params}
-    for r in range(0, x1.shape[0], block_size):
-        j1 = jac(params, x1[r : r + block_size])
+    for r in range(0, x1.shape[0], block):
+        j1 = jac(x1[r : r + block])
         tiles: dict[str, list[torch.Tensor]] = {name: [] for name in params}
-        for c in range(0, xs2.shape[0], block_size):
-            j2 = jac(params, xs2[c : c + block_size])
+        for c in range(0, xs2.shape[0], block):
+            j2 = j1 if x2 is None and c == r else jac(xs2[c : c + block])
             for name in params:
-                tiles[name].append(_contract(j1[name].flatten(2), j2[name].flatten(2), compute))
+                tiles[name].append(_contract(j1[name], j2[name], compute))
         for name in params:
             row_tiles[name].append(torch.cat(tiles[name], dim=1))
     out = {name: torch.cat(rows, dim=0) for name, rows in row_tiles.items()}
@@ -84,19 +177,41 @@ def ntk_vp(
 ) -> dict[str, torch.Tensor]:
     """Per-module parts of Θ(x1, x2) from NTK-vector products: for each row sample i, the VJP
     of f(x_i) pulls each output basis vector back to parameter space, and a JVP of the column
-    batch pushes it forward, restricted to one module's parameters at a time."""
-    params, f_batch, f_single = _functional(model)
-    xs2 = x1 if x2 is None else x2
+    batch pushes it forward, restricted to one module's parameters at a time. Models without
+    forward-mode AD (or that torch.func cannot run) use reverse mode instead: the column
+    batch's per-sample Jacobians by plain autograd, applied to the pulled vectors."""
+    try:
+        return _ntk_vp_functorch(model, x1, x2, compute)
+    except Exception:
+        return _ntk_vp_reverse(model, x1, x2, compute)
+
+
+def _groups(params: dict[str, torch.Tensor]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for name in params:
         groups.setdefault(owner(name), []).append(name)
+    return groups
+
+
+def _reduce(full: torch.Tensor, compute: str) -> torch.Tensor:
+    """(n2, c, c') block → the layout of ``compute``."""
+    if compute == "full":
+        return full
+    if compute == "trace":
+        return full.diagonal(dim1=1, dim2=2).sum(-1)
+    return full.diagonal(dim1=1, dim2=2)
+
+
+def _ntk_vp_functorch(
+    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, compute: str
+) -> dict[str, torch.Tensor]:
+    params, f_batch, f_single = functional(model)
+    xs2 = x1 if x2 is None else x2
+    groups = _groups(params)
     k = f_single(params, x1[0]).shape[0]
-    basis = torch.eye(
-        k,
-        dtype=x1.dtype if x1.is_floating_point() else next(iter(params.values())).dtype,
-        device=x1.device,
-    )
-    parts = {g: [] for g in groups}
+    dtype = next(iter(params.values())).dtype
+    basis = torch.eye(k, dtype=dtype, device=x1.device)
+    parts: dict[str, list[torch.Tensor]] = {g: [] for g in groups}
     for i in range(x1.shape[0]):
         _, pullback = vjp(lambda th, xi=x1[i]: f_single(th, xi), params)
         for group, names in groups.items():
@@ -107,13 +222,22 @@ def ntk_vp(
                 return jvp(lambda th: f_batch(th, xs2), (params,), (tangent,))[1]
 
             block = vmap(column)(basis)  # (k, n2, k): block[c, j, c'] = Θ[(i,c),(j,c')]
-            full = block.permute(1, 0, 2)  # (n2, c, c')
-            if compute == "full":
-                parts[group].append(full)
-            elif compute == "trace":
-                parts[group].append(full.diagonal(dim1=1, dim2=2).sum(-1))
-            else:
-                parts[group].append(full.diagonal(dim1=1, dim2=2))
+            parts[group].append(_reduce(block.permute(1, 0, 2), compute))
+    return {g: torch.stack(v) for g, v in parts.items()}
+
+
+def _ntk_vp_reverse(
+    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, compute: str
+) -> dict[str, torch.Tensor]:
+    xs2 = x1 if x2 is None else x2
+    j2 = autograd_jacobian(model, xs2)  # name -> (n2, k, P)
+    parts: dict[str, list[torch.Tensor]] = {g: [] for g in _groups(j2)}
+    for i in range(x1.shape[0]):
+        j1 = autograd_jacobian(model, x1[i : i + 1])  # the pulled basis vectors of sample i
+        for group, names in _groups(j2).items():
+            # block[j, c, c'] = Σ_p J1[i, c, p] J2[j, c', p] over the group's parameters
+            block = sum(torch.einsum("cp,jdp->jcd", j1[n][0], j2[n]) for n in names)
+            parts[group].append(_reduce(block, compute))
     return {g: torch.stack(v) for g, v in parts.items()}
 
 
@@ -131,7 +255,7 @@ def batch_coupled_ntk(
             m.running_mean = None
             m.running_var = None
             m.num_batches_tracked = None
-    params, f_batch, _ = _functional(work)
+    params, f_batch, _ = functional(work)
     jac1 = jacrev(f_batch)(params, x1)
     jac2 = jac1 if x2 is None else jacrev(f_batch)(params, x2)
     per_param = {

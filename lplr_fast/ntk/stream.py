@@ -76,6 +76,15 @@ def write_block(dest: torch.Tensor | np.ndarray, r: slice, c: slice, tile: torch
         dest[r, c] = tile
 
 
+def _check_out_dtype(out: torch.Tensor | np.ndarray, dtype: torch.dtype) -> None:
+    have = out.dtype if isinstance(out, torch.Tensor) else torch.from_numpy(out[:0]).dtype
+    if have != dtype:
+        raise ValueError(
+            f"out has dtype {have} but the kernel is {dtype}; pass an out of dtype {dtype} "
+            "(or compute in another dtype with dtype=)"
+        )
+
+
 class DenseAssembly:
     """The stored kernel (and per-module parts), mirrored from the upper triangle when the
     stream is symmetric. ``out``: a preallocated tensor or numpy array / memmap of the
@@ -110,6 +119,8 @@ class DenseAssembly:
                 raise ValueError(
                     f"out has shape {tuple(self.result.shape)}, expected {self._shape}"
                 )
+            else:
+                _check_out_dtype(self.result, self.dtype)
         if layer is None:
             assert self.result is not None
             return self.result

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +35,32 @@ def active_dropouts(model: nn.Module) -> list[str]:
     ]
 
 
+def unwrap_compiled(model: Any) -> Any:
+    """The module a ``torch.compile(model)`` wrapper runs (compiled submodules and
+    ``module.compile()`` are run eagerly by :func:`forward_context` instead)."""
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module) and type(model).__name__ == (
+        "OptimizedModule"
+    ):
+        model = model._orig_mod
+    return model
+
+
+def _compiled_inside(model: nn.Module) -> list[str]:
+    return [
+        name or "<root>"
+        for name, m in model.named_modules()
+        if type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None)
+    ]
+
+
+def all_finite(tensors: list[torch.Tensor]) -> list[bool]:
+    """Per tensor: no NaN/Inf, with one host synchronisation for all of them."""
+    if not tensors:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for t in tensors])
+    return [bool(f) for f in flags.tolist()]
+
+
 def check_model(model: nn.Module, batchnorm: str) -> None:
     """Raise a clear error for models whose per-sample NTK is undefined or empty."""
     if not isinstance(model, nn.Module):
@@ -43,10 +71,36 @@ def check_model(model: nn.Module, batchnorm: str) -> None:
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad=True): its NTK is zero")
     for name, p in params.items():
-        if not torch.is_floating_point(p):
+        if not torch.is_floating_point(p) or p.is_complex():
             raise TypeError(f"parameter {name!r} has non-floating dtype {p.dtype}")
-        if not torch.isfinite(p).all():
+    dtypes = sorted({str(p.dtype) for p in params.values()})
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"the model's trainable parameters mix dtypes {dtypes}; pass dtype=torch.float64 "
+            "(or torch.float32) to compute the NTK of a copy in one dtype"
+        )
+    names = list(params)
+    with torch.no_grad():
+        finite = all_finite([p.detach() for p in params.values()])
+    for name, ok in zip(names, finite, strict=True):
+        if not ok:
             raise ValueError(f"parameter {name!r} contains NaN or Inf")
+    scripted = [
+        name or "<root>"
+        for name, m in model.named_modules()
+        if isinstance(m, torch.jit.ScriptModule)
+    ]
+    if scripted:
+        raise NotImplementedError(
+            f"module(s) {scripted} are TorchScript (torch.jit.script/trace): the NTK engine "
+            "needs to observe module calls, which TorchScript hides. Pass the original "
+            "nn.Module."
+        )
+    if _compiled_inside(model) and not hasattr(torch.compiler, "set_stance"):
+        raise NotImplementedError(
+            f"module(s) {_compiled_inside(model)} are torch.compile'd and this torch "
+            f"({torch.__version__}) cannot run them eagerly; pass the uncompiled model"
+        )
     dropouts = active_dropouts(model)
     if dropouts:
         raise ValueError(
@@ -64,9 +118,11 @@ def check_model(model: nn.Module, batchnorm: str) -> None:
 
 
 def check_inputs(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None) -> None:
-    """Shapes, dtypes, devices and finiteness of the inputs."""
+    """Shapes, dtypes, devices and finiteness of the inputs (one host synchronisation)."""
     has_embedding = any(isinstance(m, nn.Embedding | nn.EmbeddingBag) for m in model.modules())
-    device = next(iter(trainable_parameters(model).values())).device
+    param = next(iter(trainable_parameters(model).values()))
+    device = param.device
+    floating = []
     for name, x in (("x1", x1), ("x2", x2)):
         if x is None:
             continue
@@ -86,7 +142,17 @@ def check_inputs(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None) ->
                     f"{name} has integer dtype {x.dtype} but the model has no nn.Embedding; "
                     "pass floating-point inputs"
                 )
-        elif not torch.isfinite(x).all():
+        else:
+            if x.dtype != param.dtype:
+                raise TypeError(
+                    f"{name} has dtype {x.dtype} but the model's parameters are {param.dtype}; "
+                    f"pass dtype={x.dtype} (or dtype={param.dtype}) to compute the NTK in one "
+                    "dtype (the model is copied, never modified)"
+                )
+            floating.append((name, x))
+    finite = all_finite([x for _, x in floating])
+    for (name, _), ok in zip(floating, finite, strict=True):
+        if not ok:
             raise ValueError(f"{name} contains NaN or Inf")
     if x2 is not None:
         if x1.shape[1:] != x2.shape[1:]:
@@ -112,3 +178,116 @@ def batchnorms_in_eval(model: nn.Module, enabled: bool) -> Iterator[None]:
     finally:
         for m in switched:
             m.train()
+
+
+class BufferGuard:
+    """The model's buffers as they were when the call began, put back before and after every
+    forward the engine runs, and before every call of a module owning buffers while
+    :meth:`installed` (forwards that update buffers, e.g. spectral_norm's power iteration in
+    train mode, then all compute the same function and leave no trace)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.saved: dict[nn.Module, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+        self.versions: dict[int, int] = {}
+        for module in dict(model.named_modules()).values():
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    entry = (name, buf, buf.detach().clone())
+                    self.saved.setdefault(module, []).append(entry)
+                    self.versions[id(buf)] = buf._version
+
+    def restore_module(self, module: nn.Module) -> None:
+        """Put back what was replaced or modified in place (seen by the version counter, no
+        synchronisation; untouched buffers are left alone, so autograd's saved tensors stay
+        valid)."""
+        with torch.no_grad():
+            for name, buf, copy in self.saved.get(module, ()):
+                if module._buffers.get(name) is not buf:
+                    module._buffers[name] = buf
+                if buf._version == self.versions[id(buf)]:
+                    continue
+                if buf.shape == copy.shape:
+                    buf.copy_(copy)
+                else:
+                    buf.data = copy.clone()
+                self.versions[id(buf)] = buf._version
+
+    def restore(self) -> None:
+        for module in self.saved:
+            self.restore_module(module)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        def restore(module: nn.Module, args: Any) -> None:
+            self.restore_module(module)
+
+        restore.lplr_internal = True  # type: ignore[attr-defined]
+        handles = [m.register_forward_pre_hook(restore, prepend=True) for m in self.saved]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """TF32 off for cuBLAS and cuDNN while the engine computes (PyTorch enables it for
+    cuDNN convolutions by default, which would cost float32 kernels three digits)."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    cudnn = torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def _eager_stance() -> contextlib.AbstractContextManager:
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def forward_context(
+    model: nn.Module, bn_eval: bool, guard: BufferGuard | None = None
+) -> Iterator[None]:
+    """What every forward of the engine runs under, entered only around the computation
+    (never across a yield): gradients on (also inside no_grad / inference_mode),
+    torch.compile'd modules run eagerly, train-mode BatchNorms in eval when asked, buffers
+    restored before and after."""
+    if guard is not None:
+        guard.restore()
+    try:
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            _eager_stance(),
+            full_precision(),
+            batchnorms_in_eval(model, bn_eval),
+            guard.installed() if guard is not None else contextlib.nullcontext(),
+        ):
+            yield
+    finally:
+        if guard is not None:
+            guard.restore()
+
+
+def usable_model(model: nn.Module) -> nn.Module:
+    """The model, or a copy of it when its tensors were made under inference_mode (autograd
+    cannot use those; the user's model is never modified)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_inference() for t in tensors):
+        with torch.inference_mode(False):
+            return copy.deepcopy(model)
+    return model
+
+
+def usable_input(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A detached, normal tensor for autograd (inputs made under inference_mode are copied)."""
+    if isinstance(x, torch.Tensor) and x.is_inference():
+        with torch.inference_mode(False):
+            return x.clone()
+    return x.detach() if isinstance(x, torch.Tensor) else x
