@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # One prepared GPU check for a fresh GPU machine (PyTorch and nvcc preinstalled, no internet):
-# build with CUDA, check that errors raised inside the extension reach Python, run the test
-# suite (CUDA tests included), time the GPU benchmark group, print a short table last.
-# Everything lands in $OUT (default ./gpu_out). Each stage has its own time limit so that the
-# whole script ends inside ~9 minutes; SKIP_TESTS=1 / SKIP_BENCH=1 leave stages out,
-# BENCH_ARGS adds arguments to benchmarks.run (e.g. --quick).
+#   1. build with CUDA (sm_90);
+#   2. errors raised inside the extension must reach Python (fresh process; if the extension
+#      crashes, rebuild once with LPLR_ISOLATE_CXX_RUNTIME=1 and probe again);
+#   3. the whole test suite (CUDA tests included), while the C++-runtime probe runs beside it
+#      (RUNTIME_PROBE=1);
+#   4. the engine's GPU check (sync-free tile loop, zoo exact in float64, probe cost);
+#   5. the GPU benchmark group, rows saved as they come; a short table printed last.
+# Everything lands in $OUT (default ./gpu_out). Stage limits (seconds): BUILD_TIMEOUT,
+# TEST_TIMEOUT, ENGINE_TIMEOUT, BENCH_TIMEOUT; SKIP_TESTS=1 / SKIP_ENGINE=1 / SKIP_BENCH=1
+# leave stages out; BENCH_ARGS adds arguments to benchmarks.run (e.g. --quick).
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} OUT
 PY=${PYTHON:-python3}
 stage() { echo "== $1 ($(date +%T))"; }
 
@@ -19,23 +24,40 @@ stage "machine"
 
 stage "build"
 t0=$(date +%s)
-if ! timeout 420 $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+if ! timeout "${BUILD_TIMEOUT:-300}" $PY -m pip install --no-build-isolation --no-deps -e . \
+    > "$OUT/build.log" 2>&1; then
   echo "BUILD FAILED"; grep -E "error|Error" "$OUT/build.log" | head -30; tail -20 "$OUT/build.log"; exit 1
 fi
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 $PY -c "import lplr_fast, json; print(json.dumps(lplr_fast.backend_info(), default=str))" | tee -a "$OUT/env.txt"
 
-stage "errors raised inside the extension reach Python (fresh process; a crash is reported)"
+stage "errors raised inside the extension reach Python"
 if ! $PY -m benchmarks.error_probe 2>&1 | tee -a "$OUT/env.txt"; then
   echo "rebuilding with LPLR_ISOLATE_CXX_RUNTIME=1 (private libstdc++ in the module)"
   LPLR_ISOLATE_CXX_RUNTIME=1 timeout 300 $PY -m pip install --no-build-isolation --no-deps -e . \
     > "$OUT/build_isolated.log" 2>&1 || echo "ISOLATED BUILD FAILED"
   $PY -m benchmarks.error_probe 2>&1 | tee -a "$OUT/env.txt" || echo "STILL CRASHING"
 fi
+
+probe_pid=""
 if [ "${RUNTIME_PROBE:-0}" = 1 ]; then
+  timeout 240 $PY -m benchmarks.cxx_runtime_probe --out "$OUT" > "$OUT/runtime_probe.log" 2>&1 &
+  probe_pid=$!
+fi
+
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  stage "tests"
+  XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 8"
+  timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q $XDIST -p no:cacheprovider tests \
+    > "$OUT/pytest.log" 2>&1
+  echo "pytest exit code $?"; grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
+  grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -20
+fi
+
+if [ -n "$probe_pid" ]; then
+  wait "$probe_pid"
   stage "C++ runtime probe (tiny op library, link variants)"
-  timeout 200 $PY -m benchmarks.cxx_runtime_probe --out "$OUT" > "$OUT/runtime_probe.log" 2>&1
-  $PY - "$OUT/cxx_runtime_probe.json" <<'EOF' 2>&1 | cut -c1-600
+  $PY - "$OUT/cxx_runtime_probe.json" <<'EOF' 2>&1 | cut -c1-400
 import json, sys
 report = json.load(open(sys.argv[1]))
 for key, value in report.items():
@@ -47,17 +69,16 @@ for key, value in report["facts"].items():
 EOF
 fi
 
-if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  stage "tests"
-  XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 8"
-  timeout ${TEST_TIMEOUT:-240} $PY -m pytest -q $XDIST -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
-  echo "pytest exit code $?"; grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
-  grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -20
+if [ "${SKIP_ENGINE:-0}" != 1 ]; then
+  stage "engine GPU check"
+  timeout "${ENGINE_TIMEOUT:-120}" $PY -m benchmarks.gpu_engine_check > "$OUT/engine_check.log" 2>&1
+  echo "engine check exit code $?"; tail -15 "$OUT/engine_check.log" | cut -c1-300
 fi
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stage "benchmarks"
-  LPLR_BENCH_PARTIAL="$OUT/partial.json" timeout ${BENCH_TIMEOUT:-300} $PY -m benchmarks.run --device cuda --only gpu ${BENCH_ARGS:-} --out "$OUT" > "$OUT/bench.log" 2>&1
+  LPLR_BENCH_PARTIAL="$OUT/partial.json" timeout "${BENCH_TIMEOUT:-300}" \
+    $PY -m benchmarks.run --device cuda --only gpu ${BENCH_ARGS:-} --out "$OUT" > "$OUT/bench.log" 2>&1
   echo "benchmarks exit code $?"
   $PY - "$OUT" <<'EOF'
 import json, sys
@@ -84,3 +105,6 @@ for r in data["rows"]:
 EOF
 fi
 stage "done"
+# at most 8 files come back from a device run: pack the logs, keep the two summaries loose
+(cd "$OUT" && tar czf gpu_check_logs.tgz --exclude=gpu_check_logs.tgz . 2>/dev/null \
+  && find . -type f ! -name gpu_check_logs.tgz ! -name results.json ! -name env.txt -delete)

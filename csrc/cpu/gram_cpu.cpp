@@ -20,7 +20,7 @@ template <typename T>
 void fused_epilogue(T* out, const T* sa, const T* sg, int64_t r0, int64_t rows, int64_t c0,
                     int64_t cols, const GramShape& s, T beta, bool symmetric) {
   const int64_t k = s.k, n2 = s.n2;
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) if (rows * cols * s.k >= (int64_t(1) << 14))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = r0 + r;
     for (int64_t jj = 0; jj < cols; ++jj) {

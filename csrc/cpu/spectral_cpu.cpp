@@ -16,6 +16,10 @@ namespace {
 constexpr int64_t kBlock = 64;
 constexpr int64_t kMaxGroups = 64;
 constexpr int64_t kSymvBudget = int64_t(1) << 24;  // doubles of per-group symv accumulators
+// Below this many entries a pass runs on one thread: waking a team costs more than the pass,
+// and on a loaded machine a parallel region can wait milliseconds for a descheduled thread.
+// (Results do not depend on it: the groups and their folding order are fixed either way.)
+constexpr int64_t kParallelMin = int64_t(1) << 16;
 
 // A fixed partition of [0, len) into at most kMaxGroups runs of at least kBlock items.
 struct Groups {
@@ -34,7 +38,7 @@ Groups fixed_groups(int64_t len) {
 // out[e] = Σ over groups g (in order) of part[g · len + e].
 template <typename Out>
 void fold_groups(const std::vector<double>& part, int64_t groups, int64_t len, Out* out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (groups * len >= kParallelMin)
   for (int64_t e = 0; e < len; ++e) {
     double s = 0.0;
     for (int64_t g = 0; g < groups; ++g) s += part[static_cast<size_t>(g * len + e)];
@@ -61,7 +65,7 @@ void tile_stats_impl(const T* t, int64_t r, int64_t c, int64_t row0, int64_t col
   const Groups gr = fixed_groups(r);
   std::vector<double> scal(static_cast<size_t>(gr.count * 4), 0.0);
   std::vector<double> col_part(static_cast<size_t>(gr.count * c), 0.0);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (r * c >= kParallelMin)
   for (int64_t g = 0; g < gr.count; ++g) {
     double* cp = col_part.data() + g * c;
     double bad = 0.0, sumsq = 0.0, diag = 0.0, maxabs = 0.0;
@@ -103,7 +107,7 @@ template <typename T>
 void square_stats_impl(const T* a, int64_t n, double* sc, double* row_abs) {
   const int64_t nb = (n + kBlock - 1) / kBlock;
   std::vector<double> scal(static_cast<size_t>(nb * 6), 0.0);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (n * n >= kParallelMin)
   for (int64_t bi = 0; bi < nb; ++bi) {
     double bad = 0.0, asym = 0.0, sumsq = 0.0, trace = 0.0, maxabs = 0.0, maxdiag = 0.0;
     const int64_t i0 = bi * kBlock, i1 = std::min(n, i0 + kBlock);
@@ -201,7 +205,7 @@ void symv_upper_impl(const T* a, int64_t n, const T* v, int64_t m, T* y) {
   const std::vector<int64_t> bounds = balanced_pair_bounds(n, pairs, std::min(want, pairs));
   const int64_t groups = static_cast<int64_t>(bounds.size()) - 1;
   std::vector<double> part(static_cast<size_t>(groups * n * m), 0.0);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (n * n * m >= 2 * kParallelMin)
   for (int64_t g = 0; g < groups; ++g) {
     double* acc = part.data() + g * n * m;
     for (int64_t p = bounds[g]; p < bounds[g + 1]; ++p) symv_row_pair(a, n, v, m, p, acc);
@@ -212,7 +216,7 @@ void symv_upper_impl(const T* a, int64_t n, const T* v, int64_t m, T* y) {
 template <typename T>
 double abs_quadratic_impl(const T* a, int64_t n, const double* w) {
   std::vector<double> rows(static_cast<size_t>(n), 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     const T* row = a + i * n;
     double s = 0.0;

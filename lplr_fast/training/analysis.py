@@ -134,7 +134,8 @@ def envelope_check(
         sub = r["loss"] - l_star
         if r["step"] < window[0] or r is rows[0] or not _finite(sub):
             continue
-        ratio = 0.0 if sub <= 0 else math.exp(math.log(sub) - math.log(sub0) - log_env)
+        log_ratio = -math.inf if sub <= 0 else math.log(sub) - math.log(sub0) - log_env
+        ratio = math.inf if log_ratio > 709.0 else math.exp(log_ratio)  # diverged: inf
         if worst_step is None or ratio > worst:
             worst, worst_step = ratio, r["step"]
     if worst_step is None:
