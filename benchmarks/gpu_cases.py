@@ -273,6 +273,9 @@ def group_gpu(device: torch.device, rows: list[dict], quick: bool, gemm: float) 
     big = 64 if smoke else (1024 if quick else 4096)
     for compute in ("full", "trace"):
         _run(rows, f"mlp {compute}", lambda c=compute: mlp_case(rows, widths, big, c, gemm))
+    sizes = ((64, 2),) if smoke else (((512, 4),) if quick else ((2048, 4), (4096, 4)))
+    for n, k in sizes:
+        _run(rows, f"eig {n}x{k}", lambda n=n, k=k: eig_case(rows, n, k))
     wide = [32, 128, 128, 10] if smoke else [784, 8192, 8192, 8192, 10]
     n_wide = 64 if smoke else (2048 if quick else 8192)
     _run(rows, "wide trace", lambda: mlp_case(rows, wide, n_wide, "trace", gemm, 2))
@@ -280,9 +283,6 @@ def group_gpu(device: torch.device, rows: list[dict], quick: bool, gemm: float) 
     _run(rows, "references", lambda: reference_cases(rows, widths, small, "full", big))
     _run(rows, "cotangents", lambda: cotangent_case(rows, widths, 32 if smoke else 512))
     _run(rows, "cnn", lambda: cnn_case(rows, 16 if smoke else 1024, 4 if smoke else 16))
-    sizes = ((64, 2),) if smoke else (((512, 4),) if quick else ((2048, 4), (4096, 4)))
-    for n, k in sizes:
-        _run(rows, f"eig {n}x{k}", lambda n=n, k=k: eig_case(rows, n, k))
 
 
 __all__ = ["group_gpu"]

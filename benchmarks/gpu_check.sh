@@ -12,6 +12,7 @@
 # leave stages out; BENCH_ARGS adds arguments to benchmarks.run (e.g. --quick).
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+LOG=${LOG:-$(mktemp -d)}  # long logs; packed into $OUT/gpu_check_logs.tgz at the end
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} OUT
 PY=${PYTHON:-python3}
@@ -25,8 +26,8 @@ stage "machine"
 stage "build"
 t0=$(date +%s)
 if ! timeout "${BUILD_TIMEOUT:-300}" $PY -m pip install --no-build-isolation --no-deps -e . \
-    > "$OUT/build.log" 2>&1; then
-  echo "BUILD FAILED"; grep -E "error|Error" "$OUT/build.log" | head -30; tail -20 "$OUT/build.log"; exit 1
+    > "$LOG/build.log" 2>&1; then
+  echo "BUILD FAILED"; grep -E "error|Error" "$LOG/build.log" | head -30; tail -20 "$LOG/build.log"; exit 1
 fi
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 $PY -c "import lplr_fast, json; print(json.dumps(lplr_fast.backend_info(), default=str))" | tee -a "$OUT/env.txt"
@@ -35,22 +36,27 @@ stage "errors raised inside the extension reach Python"
 if ! $PY -m benchmarks.error_probe 2>&1 | tee -a "$OUT/env.txt"; then
   echo "rebuilding with LPLR_ISOLATE_CXX_RUNTIME=1 (private libstdc++ in the module)"
   LPLR_ISOLATE_CXX_RUNTIME=1 timeout 300 $PY -m pip install --no-build-isolation --no-deps -e . \
-    > "$OUT/build_isolated.log" 2>&1 || echo "ISOLATED BUILD FAILED"
+    > "$LOG/build_isolated.log" 2>&1 || echo "ISOLATED BUILD FAILED"
   $PY -m benchmarks.error_probe 2>&1 | tee -a "$OUT/env.txt" || echo "STILL CRASHING"
 fi
 
 probe_pid=""
 if [ "${RUNTIME_PROBE:-0}" = 1 ]; then
-  timeout 240 $PY -m benchmarks.cxx_runtime_probe --out "$OUT" > "$OUT/runtime_probe.log" 2>&1 &
+  timeout 240 $PY -m benchmarks.cxx_runtime_probe --out "$OUT" > "$LOG/runtime_probe.log" 2>&1 &
   probe_pid=$!
 fi
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  stage "tests"
-  XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n 8"
-  timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q $XDIST -p no:cacheprovider tests \
+  XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n ${TEST_WORKERS:-12}"
+  stage "tests: the CUDA tests"
+  timeout "${CUDA_TEST_TIMEOUT:-150}" $PY -m pytest -q $XDIST -p no:cacheprovider -m cuda tests \
+    > "$OUT/pytest_cuda.log" 2>&1
+  echo "pytest (cuda) exit code $?"; grep -E "passed|failed|error" "$OUT/pytest_cuda.log" | tail -2
+  grep -E "^(FAILED|ERROR)" "$OUT/pytest_cuda.log" | head -20
+  stage "tests: the rest of the suite"
+  timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q $XDIST -p no:cacheprovider -m "not cuda" tests \
     > "$OUT/pytest.log" 2>&1
-  echo "pytest exit code $?"; grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
+  echo "pytest (rest) exit code $?"; grep -E "passed|failed|error" "$OUT/pytest.log" | tail -2
   grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -20
 fi
 
@@ -71,14 +77,14 @@ fi
 
 if [ "${SKIP_ENGINE:-0}" != 1 ]; then
   stage "engine GPU check"
-  timeout "${ENGINE_TIMEOUT:-120}" $PY -m benchmarks.gpu_engine_check > "$OUT/engine_check.log" 2>&1
-  echo "engine check exit code $?"; tail -15 "$OUT/engine_check.log" | cut -c1-300
+  timeout "${ENGINE_TIMEOUT:-120}" $PY -m benchmarks.gpu_engine_check > "$LOG/engine_check.log" 2>&1
+  echo "engine check exit code $?"; tail -15 "$LOG/engine_check.log" | cut -c1-300
 fi
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stage "benchmarks"
   LPLR_BENCH_PARTIAL="$OUT/partial.json" timeout "${BENCH_TIMEOUT:-300}" \
-    $PY -m benchmarks.run --device cuda --only gpu ${BENCH_ARGS:-} --out "$OUT" > "$OUT/bench.log" 2>&1
+    $PY -m benchmarks.run --device cuda --only gpu ${BENCH_ARGS:-} --out "$OUT" > "$LOG/bench.log" 2>&1
   echo "benchmarks exit code $?"
   $PY - "$OUT" <<'EOF'
 import json, sys
@@ -105,6 +111,6 @@ for r in data["rows"]:
 EOF
 fi
 stage "done"
-# at most 8 files come back from a device run: pack the logs, keep the two summaries loose
-(cd "$OUT" && tar czf gpu_check_logs.tgz --exclude=gpu_check_logs.tgz . 2>/dev/null \
-  && find . -type f ! -name gpu_check_logs.tgz ! -name results.json ! -name env.txt -delete)
+# at most 8 files come back from a device run: the long logs travel packed
+rm -f "$OUT/RESULTS_cuda.md"  # results.json holds the same rows
+tar czf "$OUT/gpu_check_logs.tgz" -C "$LOG" . 2>/dev/null
