@@ -100,3 +100,27 @@ def test_gpu_streaming_bounds_and_operator(rng):
     op = lplr_fast.NTKOperator(model, x)
     lz = lplr_fast.eig_bounds(op, method="lanczos")
     assert abs(lz.lambda_max_lower - ev[-1].item()) <= 1e-6 * ev[-1].item()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gpu_recurrent_eval_mode(cell, rng):
+    """cuDNN's RNN backward refuses eval mode: the engine switches cuDNN off around its
+    forwards; the kernel equals the float64 CPU reference."""
+
+    class Seq(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            rnn = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
+            self.rnn = rnn(3, 5, batch_first=True)
+            self.head = torch.nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Seq().double().eval()
+    x = torch.randn(6, 4, 3, generator=rng, dtype=torch.float64)
+    ref = empirical_ntk(model, x, implementation="jacobian")
+    got = empirical_ntk(model.cuda(), x.cuda())
+    assert torch.backends.cudnn.enabled  # restored
+    assert rel(got.cpu(), ref) <= 1e-12

@@ -15,7 +15,7 @@ from torch.func import jvp, vjp
 
 from .engine import _prepare, empirical_ntk
 from .reference import functional
-from .validation import batchnorms_in_eval, train_mode_batchnorms
+from .validation import batchnorms_in_eval, cudnn_rnn_guard, train_mode_batchnorms
 
 
 class NTKOperator:
@@ -74,7 +74,7 @@ class NTKOperator:
         if not bool(torch.isfinite(v).all()):
             raise ValueError("v contains NaN or Inf")
         cot = v.to(dtype=self.dtype, device=self.device).reshape(self.n, self.k)
-        with batchnorms_in_eval(self.model, self.batchnorm == "eval"):
+        with batchnorms_in_eval(self.model, self.batchnorm == "eval"), cudnn_rnn_guard(self.model):
             pulled: dict[str, torch.Tensor] | None = None
             for rows in self._chunks():
                 xb = self.x[rows]

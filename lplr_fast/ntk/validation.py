@@ -256,7 +256,8 @@ def forward_context(
 ) -> Iterator[None]:
     """What every forward of the engine runs under, entered only around the computation
     (never across a yield): gradients on (also inside no_grad / inference_mode),
-    torch.compile'd modules run eagerly, train-mode BatchNorms in eval when asked, buffers
+    torch.compile'd modules run eagerly, cuDNN off for eval-mode recurrent layers on a GPU
+    (its RNN backward refuses eval mode), train-mode BatchNorms in eval when asked, buffers
     restored before and after."""
     if guard is not None:
         guard.restore()
@@ -266,6 +267,7 @@ def forward_context(
             torch.enable_grad(),
             _eager_stance(),
             full_precision(),
+            cudnn_rnn_guard(model),
             batchnorms_in_eval(model, bn_eval),
             guard.installed() if guard is not None else contextlib.nullcontext(),
         ):
@@ -273,6 +275,28 @@ def forward_context(
     finally:
         if guard is not None:
             guard.restore()
+
+
+@contextlib.contextmanager
+def cudnn_rnn_guard(model: nn.Module) -> Iterator[None]:
+    """cuDNN's RNN backward runs only in training mode: for a model on a GPU with recurrent
+    layers in eval mode, switch cuDNN off while the block runs (torch's own CUDA kernels
+    then compute the same function; every other cuDNN setting is kept)."""
+    cudnn = torch.backends.cudnn
+    needed = cudnn.enabled and any(
+        isinstance(m, nn.RNNBase) and not m.training and any(p.is_cuda for p in m.parameters())
+        for m in model.modules()
+    )
+    if not needed:
+        yield
+        return
+    with cudnn.flags(
+        enabled=False,
+        benchmark=cudnn.benchmark,
+        deterministic=cudnn.deterministic,
+        allow_tf32=cudnn.allow_tf32,
+    ):
+        yield
 
 
 def usable_model(model: nn.Module) -> nn.Module:

@@ -436,15 +436,16 @@ def _certified_scaled(
     else:
         if "max" in which:
             lz = lanczos(
-                lambda v: symv_upper(b, v), n, rtol=rtol / 8, seed=seed, max_iter=min(n, 200)
-            )
+                lambda v: symv_upper(b, v), n, device=b.device, rtol=rtol / 8, seed=seed,
+                max_iter=min(n, 200),
+            )  # fmt: skip
             est_max, matvecs = lz.theta_max, lz.matvecs
         if "min" in which:
             prior = _first_min_test(prep)
             if prior is None:  # indefinite: Ritz estimate from Lanczos on B itself
                 lz = lanczos(
-                    lambda v: symv_upper(b, v), n, rtol=rtol, want_min=True, seed=seed,
-                    max_iter=min(n, 200),
+                    lambda v: symv_upper(b, v), n, device=b.device, rtol=rtol, want_min=True,
+                    seed=seed, max_iter=min(n, 200),
                 )  # fmt: skip
                 est_min = lz.theta_min
                 matvecs += lz.matvecs
