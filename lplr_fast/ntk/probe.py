@@ -121,9 +121,14 @@ class ProbeCheck:
             self._add(self.v[rows], tile, self.u[cols])
 
     def _add(self, left: torch.Tensor, tile: torch.Tensor, right: torch.Tensor) -> None:
-        eq = {"full": "ia,ijab,jb->", "trace": "i,ij,j->", "diagonal": "ia,ija,ja->"}[self.compute]
-        self.value += torch.einsum(eq, left, tile, right)
-        self.square += torch.einsum(eq, left * left, tile * tile, right * right)
+        """leftᵀ·tile·right and (left∘left)ᵀ·(tile∘tile)·(right∘right), a few rows of the
+        tile at a time: no tile-sized temporary, no permuted copy of the tile."""
+        step = max(1, _CHUNK_ELEMS // max(1, tile[0].numel()))
+        right_sq = right * right
+        for s in range(0, tile.shape[0], step):
+            t, lhs = tile[s : s + step], left[s : s + step]
+            self.value += _bilinear(self.compute, lhs, t, right)
+            self.square += _bilinear(self.compute, lhs * lhs, t * t, right_sq)
 
     # -- autograd side ---------------------------------------------------------------------
     def _params(self) -> list[torch.Tensor]:
@@ -209,6 +214,21 @@ class ProbeCheck:
         if not report.passed:  # also NaN / Inf
             raise ProbeMismatchError(_message(report, self.compute))
         return report
+
+
+_CHUNK_ELEMS = 1 << 24  # tile entries per chunk of the kernel-side sums
+
+
+def _bilinear(compute: str, left: torch.Tensor, tile: torch.Tensor, right: torch.Tensor):
+    """leftᵀ Θ right for one block of rows, in the layout of ``compute``: batched small
+    matrix-vector products over the contiguous trailing axes, then one small dot."""
+    if compute == "full":  # tile (r, j, a, b), left (r, a), right (j, b)
+        inner = torch.matmul(tile, right.unsqueeze(-1)).squeeze(-1)  # (r, j, a)
+        return torch.einsum("rja,ra->", inner, left)
+    if compute == "trace":  # tile (r, j), left (r,), right (j,)
+        return left @ (tile @ right)
+    inner = (tile * right).sum(dim=1)  # diagonal: tile (r, j, a), right (j, a) -> (r, a)
+    return (inner * left).sum()
 
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
