@@ -88,7 +88,8 @@ def extensions() -> list:
         "csrc/cpu/gram_cpu.cpp",
         "csrc/cpu/spectral_cpu.cpp",
     ]
-    cxx_flags = ["-O3", "-fopenmp", f'-DLPLR_SOURCE_HASH="{source_hash()}"']
+    # -g0: no debug sections (they made the module 17.8 MB instead of 0.4 MB)
+    cxx_flags = ["-O3", "-g0", "-fopenmp", f'-DLPLR_SOURCE_HASH="{source_hash()}"']
     link_flags = ["-fopenmp"]
     if os.environ.get("LPLR_ISOLATE_CXX_RUNTIME", "0") == "1":
         # A private, hidden copy of libstdc++ in the module: for images where the system C++
