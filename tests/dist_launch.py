@@ -51,8 +51,12 @@ def launch(
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "tests.dist_worker", scenario, str(out), *args],
-                cwd=ROOT, env=env, stdout=out_log, stderr=err_log, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                cwd=ROOT,
+                env=env,
+                stdout=out_log,
+                stderr=err_log,
+                stdin=subprocess.DEVNULL,
+            )
         )
     end = time.monotonic() + deadline
     codes: list[int | None] = []

@@ -67,8 +67,12 @@ def operators(out: Path) -> dict:
     product = op.matvec(v)
     res = D.empirical_ntk(model, x, store=out / "store-op", block_size=4)
     sb = D.store_bounds(res.store, rtol=1e-10)
-    return {"lanczos": lz, "product": product, "store": sb, "store_product":
-            D.StoreOperator(res.store).matvec(v)}
+    return {
+        "lanczos": lz,
+        "product": product,
+        "store": sb,
+        "store_product": D.StoreOperator(res.store).matvec(v),
+    }
 
 
 def die_after_first_tile(rank_to_kill: int) -> None:
@@ -88,7 +92,8 @@ def killed(out: Path, victim: str) -> dict:
     die_after_first_tile(int(victim))
     model, x, _ = model_and_data(23)
     try:
-        D.empirical_ntk(model, x, store=out / "store-kill", block_size=4, timeout=datetime.timedelta(seconds=60))
+        timeout = datetime.timedelta(seconds=60)
+        D.empirical_ntk(model, x, store=out / "store-kill", block_size=4, timeout=timeout)
     except D.DistributedError as exc:
         return {"error": str(exc)}
     return {"error": None}
@@ -97,8 +102,12 @@ def killed(out: Path, victim: str) -> dict:
 def resume(out: Path) -> dict:
     model, x, _ = model_and_data(23)
     res = D.empirical_ntk(model, x, store=out / "store-kill", block_size=4)
-    return {"kernel": res.store.to_dense(), "computed": res.computed, "reused": res.reused,
-            "bounds": res.bounds}
+    return {
+        "kernel": res.store.to_dense(),
+        "computed": res.computed,
+        "reused": res.reused,
+        "bounds": res.bounds,
+    }
 
 
 def mismatch(out: Path) -> dict:
