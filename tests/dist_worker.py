@@ -146,8 +146,11 @@ def main() -> None:
             raise SystemExit(f"unknown scenario {scenario}")
         torch.save(found, out / f"result{rank}.pt")
     finally:
-        if dist.is_initialized():
+        try:  # leave together: tearing down while a peer still talks can abort Gloo
+            dist.barrier()
             dist.destroy_process_group()
+        except RuntimeError:
+            pass
 
 
 if __name__ == "__main__":

@@ -132,9 +132,22 @@ def all_reduce_(tensors: list[torch.Tensor], what: str, group: Any = None, op: A
         offset += size
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` with tensors replaced by (shape, dtype, bytes): pickles of tensors are not
+    byte-stable between processes."""
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous()
+        return ("tensor", tuple(t.shape), str(t.dtype), t.view(torch.uint8).numpy().tobytes())
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
 def digest(obj: Any) -> str:
     """A short stable hash of a picklable value (for agreement checks)."""
-    return hashlib.sha256(pickle.dumps(obj, protocol=4)).hexdigest()[:16]
+    return hashlib.sha256(pickle.dumps(_plain(obj), protocol=4)).hexdigest()[:16]
 
 
 def agree(value: Any, what: str, group: Any = None) -> None:
@@ -143,7 +156,8 @@ def agree(value: Any, what: str, group: Any = None) -> None:
     if not active(group):
         return
     mine = digest(value)
-    everyone = all_gather((mine, value), f"checking that all ranks have the same {what}", group)
+    summary = value if isinstance(value, dict) else None  # to name differing keys
+    everyone = all_gather((mine, summary), f"checking that all ranks have the same {what}", group)
     first_hash, first_value = everyone[0]
     differing = [r for r, (h, _) in enumerate(everyone) if h != first_hash]
     if differing:
