@@ -4,6 +4,7 @@ environment torchrun would set), wait for them with a deadline, return their out
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,9 +29,15 @@ class Outcome:
 
 
 def launch(
-    scenario: str, world: int, out: Path, *args: str, deadline: float = 240.0
+    scenario: str,
+    world: int,
+    out: Path,
+    *args: str,
+    deadline: float = 240.0,
+    kill: tuple[int, float] | None = None,
 ) -> list[Outcome]:
-    """Run ``python -m tests.dist_worker SCENARIO OUT ARGS...`` on ``world`` ranks."""
+    """Run ``python -m tests.dist_worker SCENARIO OUT ARGS...`` on ``world`` ranks;
+    ``kill = (rank, seconds)`` SIGKILLs that rank that long after the start."""
     port = free_port()
     procs = []
     logs = []
@@ -59,6 +66,12 @@ def launch(
             )
         )
     end = time.monotonic() + deadline
+    if kill is not None:
+        victim, delay = kill
+        try:
+            procs[victim].wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            procs[victim].send_signal(signal.SIGKILL)
     codes: list[int | None] = []
     for proc in procs:
         try:

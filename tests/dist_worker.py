@@ -99,7 +99,41 @@ def killed(out: Path, victim: str) -> dict:
     return {"error": None}
 
 
-def resume(out: Path) -> dict:
+def die_at(phase: str, victim: int) -> None:
+    """SIGKILL rank ``victim`` at a phase: "create" (store array made, no manifest yet),
+    "tile2" (after its second tile), "merge" (exporting its bounds), "summary" (rank 0
+    writing summary.json)."""
+    if dist.get_rank() != victim:
+        return
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if phase == "create":
+        D.store._NpyArray.create = staticmethod(
+            lambda path, manifest, _real=D.store._NpyArray.create: (_real(path, manifest), die())
+        )
+    elif phase == "tile2":
+        original = D.store.TileStore.write_tile
+        count = [0]
+
+        def write(self, tile, data, rank=0):
+            original(self, tile, data, rank)
+            count[0] += 1
+            if count[0] == 2:
+                die()
+
+        D.store.TileStore.write_tile = write
+    elif phase == "merge":
+        D.kernel.StreamingBounds.export = die
+    elif phase == "summary":
+        D.store.TileStore.write_summary = die
+
+
+def resume(out: Path, kill: str | None = None) -> dict:
+    if kill:
+        phase, victim = kill.split(":")
+        die_at(phase, int(victim))
     model, x, _ = model_and_data(23)
     res = D.empirical_ntk(model, x, store=out / "store-kill", block_size=4)
     return {
@@ -108,6 +142,24 @@ def resume(out: Path) -> dict:
         "reused": res.reused,
         "bounds": res.bounds,
     }
+
+
+def failing(out: Path) -> dict:
+    """Rank 1's writes fail (a full disk): every rank must fail, none hang."""
+    if dist.get_rank() == 1:
+
+        def full_disk(self, tile, data, rank=0):
+            raise OSError(28, "No space left on device")
+
+        D.store.TileStore.write_tile = full_disk
+    model, x, _ = model_and_data(11)
+    try:
+        D.empirical_ntk(model, x, store=out / "store-fail", block_size=4)
+    except D.DistributedError as exc:
+        return {"error": f"DistributedError: {exc}"}
+    except OSError as exc:
+        return {"error": f"OSError: {exc}"}
+    return {"error": None}
 
 
 def mismatch(out: Path) -> dict:
@@ -135,7 +187,9 @@ def main() -> None:
         elif scenario == "killed":
             found = killed(out, sys.argv[3])
         elif scenario == "resume":
-            found = resume(out)
+            found = resume(out, sys.argv[3] if len(sys.argv) > 3 else None)
+        elif scenario == "failing":
+            found = failing(out)
         elif scenario == "mismatch":
             found = mismatch(out)
         elif scenario == "train":

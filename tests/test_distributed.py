@@ -113,6 +113,29 @@ def test_killed_rank_then_rerun_with_another_world_size(tmp_path):
         assert same_bounds(got["bounds"], stream.bounds())
 
 
+@pytest.mark.parametrize("kill", ["create:0", "tile2:2", "merge:1", "summary:0"])
+def test_kill_at_each_phase_then_rerun(tmp_path, kill):
+    """SIGKILL one rank while the store is created, while tiles are written, while the
+    bounds are merged, or while the summary is written: the others end (no hang) with a
+    clear error, and a rerun on 2 ranks gives the one-process kernel and bounds."""
+    phase, victim = kill.split(":")
+    outcomes = launch("resume", 3, tmp_path, kill, deadline=180)
+    assert outcomes[int(victim)].returncode == -9
+    for rank, o in enumerate(outcomes):
+        assert o.returncode is not None, f"rank {rank} hung"
+        if rank != int(victim):
+            assert o.returncode != 0 and "DistributedError" in o.stderr, o.stderr[-3000:]
+            assert "rerun" in o.stderr
+    again = results(tmp_path, 2, launch("resume", 2, tmp_path))
+    model, x, _ = model_and_data(23)
+    kernel, stream = lplr_fast.empirical_ntk(model, x, block_size=4, bounds=True)
+    for got in again:
+        assert torch.equal(got["kernel"], kernel)
+        assert same_bounds(got["bounds"], stream.bounds())
+    if phase in ("merge", "summary"):  # every tile was finished before the kill
+        assert again[0]["computed"] == 0
+
+
 def test_ranks_with_different_data_are_refused(tmp_path):
     found = results(tmp_path, 2, launch("mismatch", 2, tmp_path))
     for got in found:
@@ -120,7 +143,26 @@ def test_ranks_with_different_data_are_refused(tmp_path):
     assert not (tmp_path / "store-mismatch").exists()  # refused before any work
 
 
+def test_a_failing_rank_fails_every_rank(tmp_path):
+    found = results(tmp_path, 3, launch("failing", 3, tmp_path))
+    assert found[1]["error"].startswith("OSError") and "No space" in found[1]["error"]
+    for rank in (0, 2):
+        assert found[rank]["error"].startswith("DistributedError: rank 1 failed")
+        assert "No space left" in found[rank]["error"]
+    store = D.open_store(tmp_path / "store-fail")
+    assert 0 < len(store.done()) < len(store.grid.tiles())  # the others' tiles are kept
+
+
 # -- stores, one process ------------------------------------------------------------------
+def test_second_job_on_a_store_is_refused(tmp_path):
+    from lplr_fast.distributed.store import job_lock
+
+    model, x = small()
+    D.empirical_ntk(model, x, store=tmp_path / "s", block_size=4)
+    with job_lock(tmp_path / "s"), pytest.raises(D.StoreError, match="another job"):
+        D.empirical_ntk(model, x, store=tmp_path / "s", block_size=4)
+
+
 def small():
     model, x, _ = model_and_data(9)
     return model, x

@@ -73,13 +73,13 @@ def collective(what: str, group: Any = None) -> Iterator[None]:
 
 
 def barrier(what: str, group: Any = None, timeout: datetime.timedelta | None = None) -> None:
-    """All ranks meet here. On Gloo a monitored barrier: rank 0 names the ranks that did not
-    arrive within ``timeout``; elsewhere the process group's own timeout applies."""
+    """All ranks meet here. With a ``timeout`` on Gloo, a monitored barrier: rank 0 names
+    the ranks that did not arrive in time; otherwise the process group's own timeout."""
     if not active(group):
         return
     with collective(what, group):
-        if dist.get_backend(group) == "gloo":
-            dist.monitored_barrier(group, timeout=timeout or DEFAULT_TIMEOUT, wait_all_ranks=True)
+        if timeout is not None and dist.get_backend(group) == "gloo":
+            dist.monitored_barrier(group, timeout=timeout, wait_all_ranks=True)
         else:
             dist.barrier(group)
 

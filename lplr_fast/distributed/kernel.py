@@ -11,6 +11,7 @@ than its tiles in flight.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import time
 from dataclasses import dataclass, replace
@@ -27,14 +28,15 @@ from .fingerprint import data_fingerprint, model_fingerprint
 from .group import (
     DistributedError,
     agree,
+    all_gather,
     barrier,
     broadcast,
     gather,
     rank_and_size,
 )
 from .probe import ShardedProbe
-from .schedule import Tile, TileGrid, split
-from .store import Backend, StoredKernel, StoreError, TileStore, create_or_check
+from .schedule import Tile, split
+from .store import Backend, StoredKernel, StoreError, TileStore, create_or_check, job_lock
 
 STORE_VERSION_NOTE = "lplr_fast.distributed.empirical_ntk"
 
@@ -124,14 +126,17 @@ def prepare(
 
 
 def _open_store(
-    path: str | Path, backend: Backend, config: dict[str, Any], group: Any
-) -> TileStore:
-    """Rank 0 creates or checks the store; everyone gets its verdict, then opens it."""
+    path: str | Path, backend: Backend, config: dict[str, Any], group: Any, stack: Any
+) -> tuple[TileStore, set[Tile]]:
+    """Rank 0 creates or checks the store, locks it for this job and lists its finished
+    tiles; everyone gets its verdict and the list (one view of the store for all ranks)."""
     rank, _ = rank_and_size(group)
-    verdict: tuple[str, str] = ("ok", "")
+    verdict: tuple[str, Any] = ("ok", None)
     if rank == 0:
         try:
             create_or_check(path, backend, config)
+            stack.enter_context(job_lock(path))
+            verdict = ("ok", sorted(TileStore(path).done(refresh=True)))
         except (StoreError, ValueError, OSError) as exc:
             verdict = ("error", str(exc))
     verdict = broadcast(verdict, "opening the tile store", group)
@@ -139,7 +144,7 @@ def _open_store(
         raise StoreError(verdict[1])
     store = TileStore(path)
     store.done(refresh=True)
-    return store
+    return store, {tuple(t) for t in verdict[1]}  # type: ignore[misc]
 
 
 def _consumers(src: TileSource, bounds: bool, verify: str, group: Any) -> tuple[Any, Any]:
@@ -165,24 +170,21 @@ def _feed(consumers: list[Any], rows: slice, cols: slice, tile: torch.Tensor) ->
 def _read_back(
     store: TileStore, tiles: list[Tile], consumers: list[Any], on_corrupt: str, device: Any
 ) -> list[Tile]:
-    """Feed the finished tiles of this rank's share; returns those to (re)compute."""
-    todo = []
-    done = store.done()
+    """Feed this rank's share of the finished tiles, each checked against its digest;
+    returns the corrupted ones to recompute (``on_corrupt="recompute"``)."""
+    bad = []
     for tile in tiles:
-        if tile not in done:
-            todo.append(tile)
-            continue
         try:
             data = store.tile(tile)
         except StoreError:
             if on_corrupt != "recompute":
                 raise
             store.forget(tile)
-            todo.append(tile)
+            bad.append(tile)
             continue
         rows, cols = store.grid.slices(tile)
         _feed(consumers, rows, cols, torch.from_numpy(data).to(device))
-    return todo
+    return bad
 
 
 def _compute(
@@ -261,8 +263,10 @@ def empirical_ntk(
         on_corrupt: a finished tile whose bytes no longer match their sha256: "raise"
             (:class:`StoreError`) or "recompute" it.
         progress: a progress bar of rank 0's tiles on stderr.
-        timeout: how long the final barrier waits for a rank (Gloo: a monitored barrier that
-            names the missing ranks); default 30 minutes.
+        timeout: how long the ranks that finish first wait for the others (seconds or a
+            timedelta; Gloo: a monitored barrier naming the missing ranks). Default: the
+            process group's timeout (``init_process_group(timeout=...)``, 30 min unless set),
+            which must exceed the slowest rank's share. A rank that dies is noticed at once.
         group: the process group (default: the global one).
 
     Returns:
@@ -275,39 +279,73 @@ def empirical_ntk(
     started = time.perf_counter()
     if on_corrupt not in ("raise", "recompute"):
         raise ValueError(f"on_corrupt must be 'raise' or 'recompute', got {on_corrupt!r}")
+    if isinstance(timeout, int | float):
+        timeout = datetime.timedelta(seconds=timeout)
     rank, world = rank_and_size(group)
     src, config = prepare(
         model, x1, x2, compute=compute, block_size=block_size, dtype=dtype,
         batchnorm=batchnorm, conv_route=conv_route, group=group,
     )  # fmt: skip
-    tile_store = _open_store(store, backend, config, group)
-    grid = TileGrid(src.n1, src.n2, src.block_size, src.job.symmetric)
-    mine = split(grid, world)[rank]
-    stream, probe = _consumers(src, bounds, verify, group)
-    device = src.job.x1.device
-    todo = _read_back(tile_store, mine, [stream, probe], on_corrupt, device)
-    bar = _progress_bar(progress and rank == 0, len(todo), world)
-    try:
-        _compute(src, tile_store, todo, [stream, probe], rank, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    barrier("waiting for the other ranks to finish their tiles", group, timeout)
-    counts = gather((len(todo), len(mine) - len(todo)), "counting tiles", group)
-    counts = broadcast(counts, "sharing tile counts", group)
-    assert counts is not None
-    merged = _merge_bounds(stream, group)
-    report = _finish_probe(probe)
-    tile_store.done(refresh=True)
-    result = DistributedNTK(
-        tile_store, None if merged is None else merged.bounds(), merged, report,
-        sum(c for c, _ in counts), sum(r for _, r in counts), mine,
-        time.perf_counter() - started,
-    )  # fmt: skip
-    if rank == 0:
-        tile_store.write_summary(summary_dict(result, world))
-    barrier("waiting for the summary", group, timeout)
+    run_options = {
+        "store": str(store), "backend": backend, "bounds": bounds, "verify": verify,
+        "on_corrupt": on_corrupt,
+    }  # fmt: skip
+    agree(run_options, "options of this call", group)
+    with contextlib.ExitStack() as stack:
+        tile_store, done = _open_store(store, backend, config, group, stack)
+        grid = tile_store.grid
+        stream, probe = _consumers(src, bounds, verify, group)
+        consumers = [stream, probe]
+        # finished tiles (read back, checked) and missing ones (computed) are split
+        # separately, so a rerun balances the work that is left
+        to_read = split(grid, world, sorted(done))[rank]
+        to_compute = split(grid, world, [t for t in grid.tiles() if t not in done])[rank]
+        failure = None
+        try:
+            bad = _read_back(tile_store, to_read, consumers, on_corrupt, src.job.x1.device)
+            to_compute = sorted(to_compute + bad)
+            bar = _progress_bar(progress and rank == 0, len(to_compute), world)
+            try:
+                _compute(src, tile_store, to_compute, consumers, rank, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+        except Exception as exc:  # shared below: every rank fails, none waits
+            failure = exc
+        _fail_together(failure, group, timeout)
+        counts = all_gather((len(to_compute), len(to_read) - len(bad)), "counting tiles", group)
+        merged = _merge_bounds(stream, group)
+        report = _finish_probe(probe)
+        tile_store.done(refresh=True)
+        result = DistributedNTK(
+            tile_store, None if merged is None else merged.bounds(), merged, report,
+            sum(c for c, _ in counts), sum(r for _, r in counts), sorted(to_read + to_compute),
+            time.perf_counter() - started,
+        )  # fmt: skip
+        if rank == 0:
+            tile_store.write_summary(summary_dict(result, world))
+        barrier("waiting for the summary", group, timeout)
     return result
+
+
+def _fail_together(failure: Exception | None, group: Any, timeout: Any) -> None:
+    """Meet the other ranks (a monitored barrier with ``timeout``, else the process group's
+    own timeout), then fail on every rank if any rank failed: the failing rank re-raises
+    its error, the others raise a DistributedError naming it."""
+    barrier("waiting for the other ranks to finish their tiles", group, timeout)
+    messages = all_gather(
+        None if failure is None else f"{type(failure).__name__}: {failure}",
+        "sharing the ranks' outcomes", group,
+    )  # fmt: skip
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failure is not None:
+        raise failure
+    if failed:
+        rank, message = failed[0]
+        raise DistributedError(
+            f"rank {rank} failed while computing its tiles ({message}); the finished tiles "
+            "are kept in the store: fix the cause and rerun"
+        )
 
 
 def _finish_probe(probe: ShardedProbe | None) -> ProbeReport | None:

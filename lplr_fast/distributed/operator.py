@@ -34,7 +34,8 @@ from ..ntk.validation import batchnorms_in_eval, train_mode_batchnorms
 from ..spectrum import SpectrumBounds, StreamingBounds, eig_bounds
 from ..spectrum.bounds import dense_limit as device_dense_limit
 from ..spectrum.lanczos import LanczosResult, _tridiagonal_eigh, lanczos
-from .group import all_reduce_, broadcast, gather, rank_and_size
+from .fingerprint import data_fingerprint, model_fingerprint
+from .group import agree, all_reduce_, broadcast, gather, rank_and_size
 from .schedule import shard, split
 from .store import StoredKernel, StoreError
 
@@ -80,6 +81,11 @@ class DistributedNTKOperator:
         self.dtype, self.device = ref.dtype, ref.device
         with batchnorms_in_eval(self.model, batchnorm == "eval"):
             k = self.f_batch(self.params, self.x[:1]).shape[1]
+        identity = {
+            "model": model_fingerprint(self.model), "data": data_fingerprint(self.x),
+            "batchnorm": batchnorm,
+        }  # fmt: skip
+        agree(identity, "NTK operator (model, data, options)", group)
         rank, world = rank_and_size(group)
         self.n, self.k = self.x.shape[0], k
         self.shape = (self.n * k, self.n * k)

@@ -61,12 +61,13 @@ class TileGrid:
         return rows * cols
 
 
-def split(grid: TileGrid, world: int) -> list[list[Tile]]:
+def split(grid: TileGrid, world: int, tiles: list[Tile] | None = None) -> list[list[Tile]]:
     """The tiles of each rank (list index = rank), contiguous runs of the row-major order
-    with near-equal cost (module docstring). Ranks beyond the number of tiles get none."""
+    with near-equal cost (module docstring). Ranks beyond the number of tiles get none.
+    ``tiles``: split only these (e.g. the ones a store still misses), default all."""
     if world < 1:
         raise ValueError(f"world size must be ≥ 1, got {world}")
-    tiles = grid.tiles()
+    tiles = grid.tiles() if tiles is None else sorted(tiles)
     prefix = [0]
     for tile in tiles:
         prefix.append(prefix[-1] + grid.cost(tile))

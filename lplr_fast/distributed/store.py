@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -461,7 +462,7 @@ def create_or_check(path: str | Path, backend: Backend, config: dict[str, Any]) 
         _compare(store.config, config, path)
         return "existing"
     if path.exists() and any(
-        p.name not in ("kernel.npy", "kernel.zarr", "tiles") for p in path.iterdir()
+        p.name not in ("kernel.npy", "kernel.zarr", "tiles", ".lock") for p in path.iterdir()
     ):
         raise StoreError(f"{path} exists and is not a kernel store; choose an empty or new folder")
     path.mkdir(parents=True, exist_ok=True)
@@ -491,6 +492,25 @@ def _compare(have: dict[str, Any], want: dict[str, Any], path: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def job_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on STORE/.lock for one job (held by its rank 0): a second job on the
+    same store is refused instead of racing it. The OS drops it when the holder dies."""
+    import fcntl
+
+    with open(Path(path) / ".lock", "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(
+                f"{path} is being written by another job; wait for it or use another store"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def open_store(path: str | Path) -> StoredKernel:
     """Open a kernel store for reading (lazily; tiles checked as they are read)."""
     return StoredKernel(path)
@@ -503,6 +523,7 @@ __all__ = [
     "StoredKernel",
     "TileStore",
     "create_or_check",
+    "job_lock",
     "kernel_shape",
     "open_store",
 ]
