@@ -32,8 +32,26 @@ def run_one(out: Path | None, optimizer: str, steps: int, n: int = 10):
     return {"history": result.history, "summary": result.summary}
 
 
+def mismatched(out: Path) -> dict:
+    """Rank 1 asks for another step size: every rank must refuse before training."""
+    import torch.distributed as dist
+
+    from lplr_fast.distributed import DistributedError
+
+    model, x, y = problem()
+    lr = 0.1 if dist.get_rank() == 1 else 0.2
+    try:
+        train(model, x, y, lr=lr, steps=2, out_dir=out / "run-mismatch")
+    except DistributedError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+
+
 def run(out: Path, args: list[str]) -> dict:
-    """args: [optimizer, steps(, steps again...)]: consecutive invocations on one folder."""
+    """args: [optimizer, steps(, steps again...)]: consecutive invocations on one folder;
+    or ["mismatch"]."""
+    if args == ["mismatch"]:
+        return mismatched(out)
     optimizer, *all_steps = args
     found = {}
     for steps in all_steps:

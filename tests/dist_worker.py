@@ -4,6 +4,7 @@ OUT/result{rank}.pt for the test to compare with single-process references."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -200,11 +201,13 @@ def main() -> None:
             raise SystemExit(f"unknown scenario {scenario}")
         torch.save(found, out / f"result{rank}.pt")
     finally:
-        try:  # leave together: tearing down while a peer still talks can abort Gloo
+        with contextlib.suppress(RuntimeError):  # leave together
             dist.barrier()
-            dist.destroy_process_group()
-        except RuntimeError:
-            pass
+    # Skip the C++ teardown of the process group: under heavy load it has aborted a rank
+    # ("terminate called without an active exception") after all work was saved.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,12 @@ def test_data_parallel_history_equals_one_process(tmp_path, world, optimizer):
     run_dir = tmp_path / f"run-{optimizer}"
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "history.csv").is_file()
     assert not list(run_dir.glob(".*.pt.*"))  # no temporaries left by other ranks
+
+
+def test_ranks_with_different_arguments_are_refused(tmp_path):
+    outcomes = launch("train", 2, tmp_path, "mismatch")
+    for rank, o in enumerate(outcomes):
+        assert o.returncode == 0, o.stderr[-3000:]
+        error = torch.load(tmp_path / f"result{rank}.pt", weights_only=False)["error"]
+        assert error is not None and "disagree about the run" in error
+    assert not (tmp_path / "run-mismatch" / "derived.pt").exists()

@@ -6,6 +6,7 @@ interrupted store)."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import sys
 from typing import Any
@@ -38,6 +39,11 @@ def add_parser(sub: Any) -> None:
     )  # fmt: skip
     cmd.add_argument("--lanczos", action="store_true", help="also Lanczos estimates")
     cmd.add_argument("--threads", type=int, default=None, help="CPU threads per process")
+    cmd.add_argument(
+        "--timeout-min", type=float, default=60.0,
+        help="how long ranks wait for each other under torchrun (a dead rank is noticed at "
+        "once; default 60)",
+    )  # fmt: skip
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -84,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         data = build_data(cfg["data"], cfg["model"]["kind"] == "mlp", ImageCache(args.data_dir))
         net = build_model(cfg["model"], data.x, data.y.shape[1], data.x.dtype)
         compute = args.compute or cfg["diagnostics"]["ntk_compute"]
-        with process_group(args.device) as device:
+        timeout = datetime.timedelta(minutes=args.timeout_min)
+        with process_group(args.device, timeout) as device:
             result = empirical_ntk(
                 net.to(device), data.x.to(device), store=args.out, compute=compute,
                 block_size=args.block_size, backend=args.backend,
@@ -95,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             if result.bounds is not None:
                 extra = store_bounds(
                     result.store, dense_limit=args.dense_limit, lanczos=args.lanczos,
-                    device=device,
+                    device=device, streaming=result.bounds,
                 )  # fmt: skip
             if is_main():
                 _report(args, point, data, result, extra)

@@ -5,10 +5,13 @@ refuses any other, so tiles of different kernels never mix."""
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import torch
 from torch import nn
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _update_tensor(digest: Any, name: str, t: torch.Tensor) -> None:
@@ -24,7 +27,8 @@ def model_fingerprint(model: nn.Module) -> str:
     """sha256 (hex) of the model's class, structure (repr), every parameter and buffer (name,
     shape, dtype, bytes) and which parameters require gradients."""
     digest = hashlib.sha256()
-    digest.update(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}\n".encode())
+    structure = _ADDRESS.sub("", repr(model))  # object addresses differ between processes
+    digest.update(f"{type(model).__module__}.{type(model).__qualname__}\n{structure}\n".encode())
     for name, p in model.named_parameters(remove_duplicate=False):
         _update_tensor(digest, f"p:{name}:{p.requires_grad}", p)
     for name, b in model.named_buffers(remove_duplicate=False):

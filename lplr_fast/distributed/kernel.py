@@ -142,9 +142,32 @@ def _open_store(
     verdict = broadcast(verdict, "opening the tile store", group)
     if verdict[0] != "ok":
         raise StoreError(verdict[1])
-    store = TileStore(path)
-    store.done(refresh=True)
+    try:
+        store: TileStore | None = TileStore(path)
+        problem = None
+    except (StoreError, OSError) as exc:  # e.g. not mounted on this node
+        store, problem = None, f"{type(exc).__name__}: {exc}"
+    problems = all_gather(problem, "checking that every rank sees the store", group)
+    bad = [(r, m) for r, m in enumerate(problems) if m is not None]
+    if bad:
+        raise StoreError(
+            f"rank {bad[0][0]} cannot open the store {path} ({bad[0][1]}); every rank must "
+            "see the same store folder (a shared file system)"
+        )
+    assert store is not None
     return store, {tuple(t) for t in verdict[1]}  # type: ignore[misc]
+
+
+def _stored_block_size(path: str | Path, group: Any) -> int | None:
+    """The block size of an existing store (rank 0 reads it), so that a rerun without
+    ``block_size`` continues the store whatever this machine's default."""
+    found = None
+    if rank_and_size(group)[0] == 0:
+        try:
+            found = StoredKernel(path).config["block_size"]
+        except (StoreError, OSError, KeyError):
+            found = None
+    return broadcast(found, "reading the store's block size", group)
 
 
 def _consumers(src: TileSource, bounds: bool, verify: str, group: Any) -> tuple[Any, Any]:
@@ -251,7 +274,8 @@ def empirical_ntk(
     Args:
         model, x1, x2, compute, block_size, dtype, batchnorm, conv_route: as for
             :func:`lplr_fast.empirical_ntk` (x1, x2 whole on every rank; each rank reads only
-            its blocks). ``block_size`` default: rank 0's default.
+            its blocks). ``block_size`` default: that of the existing store, else rank 0's
+            default.
         store: a folder; created when missing, else it must hold this very kernel (same
             model, data, options and block size: a foreign store is refused).
         backend: "npy" (one .npy file) or "zarr" (chunk = tile) for a new store
@@ -282,6 +306,8 @@ def empirical_ntk(
     if isinstance(timeout, int | float):
         timeout = datetime.timedelta(seconds=timeout)
     rank, world = rank_and_size(group)
+    if block_size is None:
+        block_size = _stored_block_size(store, group)
     src, config = prepare(
         model, x1, x2, compute=compute, block_size=block_size, dtype=dtype,
         batchnorm=batchnorm, conv_route=conv_route, group=group,

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.func import jvp, vjp
 
-from ..ntk.engine import _prepare
+from ..ntk.engine import _prepare, available_memory_bytes
 from ..ntk.reference import functional
 from ..ntk.validation import batchnorms_in_eval, train_mode_batchnorms
 from ..spectrum import SpectrumBounds, StreamingBounds, eig_bounds
@@ -260,6 +260,7 @@ class StoreOperator:
         group: Any = None,
         cache: bool = True,
         device: torch.device | str = "cpu",
+        cache_bytes: int | None = None,
     ) -> None:
         if store.compute == "diagonal":
             raise ValueError(
@@ -280,14 +281,19 @@ class StoreOperator:
         rank, world = rank_and_size(group)
         self.tiles = split(store.grid, world)[rank]
         self._cached: dict[Any, torch.Tensor] = {}
+        if cache_bytes is None:
+            cache_bytes = available_memory_bytes(self.device) // 4 if cache else 0
+        self._cache_left = cache_bytes if cache else 0
         self.matvecs = 0
 
     def _tile(self, tile: Any) -> torch.Tensor:
         if tile in self._cached:
             return self._cached[tile]
         t = self.store.matrix_tile(tile).to(device=self.device, dtype=torch.float64)
-        if self.cache:
+        nbytes = t.numel() * t.element_size()
+        if nbytes <= self._cache_left:
             self._cached[tile] = t
+            self._cache_left -= nbytes
         return t
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -377,13 +383,17 @@ def store_bounds(
     lanczos: bool = True,
     rtol: float = 1e-6,
     device: torch.device | str = "cpu",
+    streaming: SpectrumBounds | None = None,
 ) -> StoreBounds:
     """Certified and estimated eigenvalue bounds of a finished symmetric store (module
     docstring). ``dense_limit``: the largest n·k factorised on rank 0 (default
-    ``lplr_fast.spectrum.bounds.dense_limit`` of ``device``)."""
+    ``lplr_fast.spectrum.bounds.dense_limit`` of ``device``). ``streaming``: the store's
+    streaming bounds if already known (``DistributedNTK.bounds``), else one pass over the
+    tiles computes them."""
     if store.compute == "diagonal" or not store.symmetric:
         raise ValueError("store_bounds needs a symmetric 'full' or 'trace' kernel")
-    streaming = stream_store(store, group).bounds()
+    if streaming is None:
+        streaming = stream_store(store, group).bounds()
     size = store.config["n1"] * (store.k if store.compute == "full" else 1)
     limit = device_dense_limit(torch.device(device)) if dense_limit is None else dense_limit
     dense, skipped = None, ""
