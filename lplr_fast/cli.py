@@ -204,10 +204,11 @@ def _train(args: argparse.Namespace) -> int:
     try:
         with process_group(args.device) as device:
             result = run_from_config(args.config, args.out, progress=not args.quiet, device=device)
+            main_rank = _main_rank()  # inside: the group is gone afterwards
     except (ConfigError, DistributedError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"lplr-fast train: {exc}", file=sys.stderr)
         return 2
-    if _main_rank():
+    if main_rank:
         print(result)
         print(f"run written to {args.out}")
     status = result.summary.get("status", "")

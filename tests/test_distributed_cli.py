@@ -95,3 +95,33 @@ def test_sweep_under_torchrun(tmp_path, config):
     for key in ("final_loss", "lambda0", "beta0", "pl_cert_min", "pl_envelope"):
         assert b[0][key] == pytest.approx(a[0][key], rel=1e-9), key
     assert b[0]["verdict"] == a[0]["verdict"]
+
+
+TRAIN_CONFIG = """
+[data]
+dataset = "teacher"
+n = 12
+[model]
+width = 16
+depth = 1
+[train]
+lr = "auto"
+steps = 6
+[diagnostics]
+ntk_every = 3
+"""
+
+
+def test_train_under_torchrun(tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text(TRAIN_CONFIG)
+    cli("train", str(config), "--out", str(tmp_path / "one"), "--quiet")
+    two = cli("train", str(config), "--out", str(tmp_path / "two"), "--quiet", nproc=2)
+    assert two.stdout.count("run written to") == 1  # rank 0 only
+    rows_a = json.loads((tmp_path / "one" / "history.json").read_text())
+    rows_b = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in ("loss", "grad_norm_sq", "lambda_min_lower", "lambda_max_upper"):
+            if isinstance(ra.get(key), float):
+                assert rb[key] == pytest.approx(ra[key], rel=1e-9), key
