@@ -136,7 +136,8 @@ def resume(out: Path, kill: str | None = None) -> dict:
         phase, victim = kill.split(":")
         die_at(phase, int(victim))
     model, x, _ = model_and_data(23)
-    res = D.empirical_ntk(model, x, store=out / "store-kill", block_size=4)
+    backend = os.environ.get("LPLR_TEST_BACKEND", "npy")
+    res = D.empirical_ntk(model, x, store=out / "store-kill", block_size=4, backend=backend)
     return {
         "kernel": res.store.to_dense(),
         "computed": res.computed,

@@ -113,11 +113,18 @@ def test_killed_rank_then_rerun_with_another_world_size(tmp_path):
         assert same_bounds(got["bounds"], stream.bounds())
 
 
-@pytest.mark.parametrize("kill", ["create:0", "tile2:2", "merge:1", "summary:0"])
-def test_kill_at_each_phase_then_rerun(tmp_path, kill):
+@pytest.mark.parametrize(
+    ("kill", "backend"),
+    [("create:0", "npy"), ("tile2:2", "npy"), ("tile2:1", "zarr"), ("merge:1", "npy"),
+     ("summary:0", "npy")],
+)  # fmt: skip
+def test_kill_at_each_phase_then_rerun(tmp_path, monkeypatch, kill, backend):
     """SIGKILL one rank while the store is created, while tiles are written, while the
     bounds are merged, or while the summary is written: the others end (no hang) with a
     clear error, and a rerun on 2 ranks gives the one-process kernel and bounds."""
+    if backend == "zarr":
+        pytest.importorskip("zarr")
+    monkeypatch.setenv("LPLR_TEST_BACKEND", backend)
     phase, victim = kill.split(":")
     outcomes = launch("resume", 3, tmp_path, kill, deadline=180)
     assert outcomes[int(victim)].returncode == -9
