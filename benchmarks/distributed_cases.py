@@ -104,24 +104,27 @@ def _one_device(device: torch.device, n: int, width: int, block: int, repeat: in
         stores = iter(range(10**6))
         stored = D.empirical_ntk(model, x, store=f"{tmp}/check", block_size=block)
         gathered = gathered_ntk(model, x, dtype=None, block_size=block)
-        same = torch.equal(stored.store.to_dense().to(device), plain) and torch.equal(
-            gathered, plain
-        )
+        scale = plain.abs().max().item()
+        deviation = max(
+            (stored.store.to_dense().to(device) - plain).abs().max().item(),
+            (gathered - plain).abs().max().item(),
+        ) / max(scale, 1e-300)
         t_plain = timed(lambda: lplr_fast.empirical_ntk(model, x, block_size=block))
         t_store = timed(
             lambda: D.empirical_ntk(model, x, store=f"{tmp}/s{next(stores)}", block_size=block)
         )
         t_gather = timed(lambda: gathered_ntk(model, x, dtype=None, block_size=block))
-    return same, t_plain, t_store, t_gather
+    return deviation, t_plain, t_store, t_gather
 
 
 def group_distributed(device, rows, quick, gemm, smoke: bool = False) -> None:
     n, width, block = (48, 32, 16) if smoke else ((512, 256, 128) if quick else (2048, 1024, 512))
     repeat = 1 if smoke else 3
     name = f"MLP 64→{width}→{width}→10, n={n}, full, block {block}"
-    same, t_plain, t_store, t_gather = _one_device(device, n, width, block, repeat)
-    if not same:
-        raise AssertionError("distributed path and plain empirical_ntk disagree")
+    deviation, t_plain, t_store, t_gather = _one_device(device, n, width, block, repeat)
+    limit = 0.0 if device.type == "cpu" else 1e-5  # GPU diagonal tiles are symmetrised
+    if deviation > limit:
+        raise AssertionError(f"distributed path and plain empirical_ntk differ by {deviation:.1e}")
     rows.append({"case": f"{name}, one {device.type}", "impl": "plain empirical_ntk",
                  "median_s": t_plain, "ratio_to_ours": 1.0})  # fmt: skip
     for impl, t in (("distributed.empirical_ntk → npy store", t_store),
