@@ -155,10 +155,10 @@ def load_idx_images(name: str, split: str = "train", data_dir: str | Path | None
         if img is None or lab is None:
             continue
         images, labels = read_idx(img), read_idx(lab)
-        if images.ndim != 3 or images.dtype != np.uint8:
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
             raise ValueError(
-                f"{img}: images of shape {images.shape}, dtype {images.dtype}; expected "
-                "(N, H, W) unsigned bytes"
+                f"{img}: images of shape {images.shape}, dtype {images.dtype}; {name} images "
+                "are (N, 28, 28) unsigned bytes"
             )
         labels = _check_labels(labels, images.shape[0], str(lab))
         pixels = (images.astype(np.float32) / 255.0)[:, None]
@@ -184,7 +184,9 @@ def parse_cifar_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
     missing = {"data", "labels"} - set(batch)
     if missing:
-        raise ValueError(f"{source}: the batch lacks {sorted(missing)} (has {sorted(batch)})")
+        raise ValueError(
+            f"{source}: the batch lacks {sorted(missing)} (has {sorted(map(repr, batch))})"
+        )
     images = batch["data"]
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2:
         raise ValueError(f"{source}: 'data' must be a (N, 3072) uint8 array")
