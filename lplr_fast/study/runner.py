@@ -62,6 +62,9 @@ ROW_COLUMNS = [
     "pl_certified_along_path",
     "mu_region_est",
     "envelope_held",
+    "envelope_worst_ratio",
+    "pl_cert_basis",
+    "beta_certified",
     "fitted_rate",
     "fit_r2",
     "predicted_rate",
@@ -174,9 +177,13 @@ def point_row(point: Point, run: RunResult, resolved: dict, seconds: float) -> d
     """The table row of a finished point (ROW_COLUMNS plus its grid axes)."""
     cfg, s = point.config, run.summary
     hist = _history_values(run)
-    beta0 = resolved["beta0_at_resolve"]
-    beta0 = beta0 if _finite(beta0) else hist.pop("beta0_hist")
-    hist.pop("beta0_hist", None)
+    beta0 = resolved["beta0_at_resolve"]  # certified, of the full kernel (lr = "auto")
+    certificates = certificate_fields(run)
+    if not _finite(beta0):  # the first logged λ_max upper end: certified only on that basis
+        beta0 = hist["beta0_hist"]
+    else:
+        certificates["beta_certified"] = True
+    hist.pop("beta0_hist")
     meta = resolved["data_meta"]
     row: dict[str, Any] = {
         "point": point.label,
@@ -206,7 +213,7 @@ def point_row(point: Point, run: RunResult, resolved: dict, seconds: float) -> d
         "fallback": meta.get("fallback", ""),
         "seconds": seconds,
         **hist,
-        **certificate_fields(run),
+        **certificates,
     }
     for name, value in point.axes.items():
         row.setdefault(name, value)
