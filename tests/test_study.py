@@ -236,6 +236,38 @@ def test_quick_cnn_sgd_falls_back_and_says_so(tmp_path, monkeypatch):
     assert "Data fallback" in page and "cifar10 unavailable" in page
 
 
+def test_fallback_rows_are_not_reused_once_the_data_is_there(tmp_path, monkeypatch):
+    """Review 13 item 7: a rerun with --data-dir after a fallback run reused the fallback rows
+    silently; it now refuses, naming both datasets and what to do."""
+    _no_data_dir(monkeypatch)
+    study = load_study("cnn-sgd")
+    out = tmp_path / "out"
+    assert run_study(study, out, quick=True, progress=False).status == "completed"
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py", n=10, cyclic=True)
+    with pytest.raises(
+        ValueError, match=r"ran on the fallback dataset mnist.*cifar10 is available"
+    ):
+        run_study(study, out, quick=True, data_dir=tmp_path / "data", progress=False)
+    again = run_study(study, out, quick=True, progress=False)  # same data: reused
+    assert again.reused == 3 and all(r["dataset"] == "mnist" for r in again.rows)
+    cmd = [sys.executable, "-m", "lplr_fast.cli", "run", "cnn-sgd", "--quick", "--quiet"]
+    cmd += ["--out", str(out), "--data-dir", str(tmp_path / "data")]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "Use another --out" in done.stderr and "ran on the fallback dataset" in done.stderr
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_data_dir_may_be_the_installed_fashion_mnist_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LPLR_DATA_DIR", "/usr/share/datasets/fashion-mnist")
+    row = run_study(load_study("cnn-sgd"), tmp_path, quick=True, progress=False).rows[0]
+    assert row["dataset"] == "fashion-mnist" and "cifar10 unavailable" in row["fallback"]
+
+
 def test_quick_cnn_sgd_on_cifar_files(tmp_path):
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n=10, cyclic=True)
     study = load_study("cnn-sgd")

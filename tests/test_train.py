@@ -341,6 +341,29 @@ def test_cli_train_and_plot(tmp_path):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_progress_bar_and_run_folder_errors(tmp_path, capsys):
+    """Progress is a tqdm bar; a run folder that belongs to another run is a RunFolderError
+    whose command-line message names CLI options, not resume=False (review 13 item 7)."""
+    from lplr_fast.training import RunFolderError
+
+    x, y = data()
+    train(wide_mlp(width=32), x, y, lr=0.1, steps=6, out_dir=tmp_path / "a", progress=True,
+          diagnostics=Diagnostics(every=2, ntk_every=6))  # fmt: skip
+    err = capsys.readouterr().err
+    assert "train: 100%" in err and "6/6" in err and "loss" in err
+    with pytest.raises(RunFolderError, match="belongs to a different run") as info:
+        train(wide_mlp(width=32), x, 2 * y, lr=0.1, steps=6, out_dir=tmp_path / "a")
+    assert "resume=False" in str(info.value) and "resume=False" not in info.value.reason
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\nn = 10\n[model]\nwidth = 16\n[train]\nsteps = 4\n")
+    assert cli_main(["train", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    config.write_text("[data]\nn = 12\n[model]\nwidth = 16\n[train]\nsteps = 4\n")
+    capsys.readouterr()
+    assert cli_main(["train", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "use another --out" in err and "resume=False" not in err
+
+
 def test_cli_config_errors(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nstepz = 3\n")

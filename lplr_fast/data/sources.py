@@ -8,7 +8,10 @@
   (optionally ``.gz``) in ``DATA_DIR/mnist`` (or ``DATA_DIR/MNIST/raw``, torchvision's layout)
   and ``DATA_DIR/fashion-mnist`` (or ``DATA_DIR/FashionMNIST/raw``). Debian's
   ``dataset-fashion-mnist`` installs the latter in ``/usr/share/datasets/fashion-mnist``, so
-  ``LPLR_DATA_DIR=/usr/share/datasets`` finds it. Splits "train" and "test".
+  ``LPLR_DATA_DIR=/usr/share/datasets`` finds it. DATA_DIR may also be the dataset's folder
+  itself when it is named for it (``LPLR_DATA_DIR=/usr/share/datasets/fashion-mnist``; a
+  folder named ``mnist`` for "mnist-idx"): the two share file names, so a folder of another
+  name is never taken for either. Splits "train" and "test".
 * ``"cifar10"``: the official python batches ``data_batch_1..5`` and ``test_batch`` in
   ``DATA_DIR/cifar-10-batches-py`` (the folder the official tarball unpacks to), read with a
   pickle reader that builds numpy arrays only. Splits "train" and "test".
@@ -37,6 +40,10 @@ DATA_DIR_ENV = "LPLR_DATA_DIR"
 _IDX_FOLDERS = {
     "mnist-idx": ("mnist", "MNIST/raw"),
     "fashion-mnist": ("fashion-mnist", "FashionMNIST/raw"),
+}
+_IDX_SELF_NAMES = {  # DATA_DIR named like this is the dataset's folder itself
+    "mnist-idx": ("mnist",),
+    "fashion-mnist": ("fashion-mnist", "fashion_mnist", "fashionmnist"),
 }
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _CIFAR_FOLDERS = ("cifar-10-batches-py", "cifar10", ".")
@@ -147,7 +154,10 @@ def load_idx_images(name: str, split: str = "train", data_dir: str | Path | None
     root = resolve_data_dir(data_dir)
     prefix = _IDX_PREFIX[split]
     searched = []
-    for sub in _IDX_FOLDERS[name] if root is not None else ():
+    subs = list(_IDX_FOLDERS[name]) if root is not None else []
+    if root is not None and root.resolve().name.lower() in _IDX_SELF_NAMES[name]:
+        subs.insert(0, ".")
+    for sub in subs:
         folder = root / sub  # type: ignore[operator]
         searched.append(str(folder))
         img = _find_file(folder, f"{prefix}-images-idx3-ubyte")
@@ -169,7 +179,8 @@ def load_idx_images(name: str, split: str = "train", data_dir: str | Path | None
         f"not found; looked in {where}. Pass --data-dir DIR (or set {DATA_DIR_ENV}) with the "
         f"files in DIR/{_IDX_FOLDERS[name][0]}"
         + (
-            "; Debian's dataset-fashion-mnist installs them under /usr/share/datasets"
+            "; Debian's dataset-fashion-mnist installs them in /usr/share/datasets/fashion-mnist "
+            "(LPLR_DATA_DIR=/usr/share/datasets)"
             if name == "fashion-mnist"
             else ""
         )

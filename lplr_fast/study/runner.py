@@ -36,7 +36,7 @@ from ..training import Diagnostics, RunResult, train
 from ..training.config import loss_scale
 from ..training.io import atomic_write_csv, atomic_write_json
 from ..training.parallel import SingleProcess, current
-from .build import BuiltData, ImageCache, build_data, build_model, describe_model
+from .build import BuiltData, ImageCache, build_data, build_model, dataset_now, describe_model
 from .config import Point, StudyConfig
 from .fields import certificate_fields
 
@@ -295,6 +295,23 @@ def finished_row(point: Point, pdir: Path) -> dict[str, Any] | None:
     return None
 
 
+def _check_fallback_still_current(
+    point: Point, row: dict[str, Any], images: ImageCache, out: Path
+) -> None:
+    """A finished point that ran on a fallback dataset is not reused once a dataset before it
+    is available (the rerun has other data): ValueError saying what to do."""
+    if not row.get("fallback"):
+        return
+    now = dataset_now(point.config["data"], images)
+    if now is not None and now != row.get("dataset"):
+        raise ValueError(
+            f"point {point.label} in {out} ran on the fallback dataset {row.get('dataset')} "
+            f"({point.config['data']['dataset']} was not found then), but {now} is available "
+            f"now: the data changed. Use another --out (or delete {out}) to run on {now}, or "
+            "rerun without the data folder to keep the fallback results"
+        )
+
+
 def write_table(out: Path, rows: list[dict[str, Any]]) -> None:
     """table.csv and table.json, one row per point (ROW_COLUMNS first, then grid axes)."""
     extra = sorted({c for r in rows for c in r} - set(ROW_COLUMNS))
@@ -410,6 +427,7 @@ def _run_points(
                     status = f"interrupted at point {point.label} ({run_status})"
                     break
             else:
+                _check_fallback_still_current(point, row, images, out)
                 reused += 1
             rows.append(row)
             if writes:
