@@ -38,6 +38,16 @@ _RESULTS = (HISTORY_CSV, HISTORY_JSON, SUMMARY_CSV, SUMMARY_JSON, CONFIG_JSON)
 _RUN_FILES = (DERIVED, CHECKPOINT, *_RESULTS)
 
 
+class RunFolderError(ValueError):
+    """The run folder holds another run, or one this call cannot continue. ``reason`` says
+    what is wrong without the Python-level advice (command lines add their own), ``folder``
+    is the run folder."""
+
+    def __init__(self, reason: str, folder: Path) -> None:
+        super().__init__(f"{reason}; use another out_dir or resume=False to start over")
+        self.reason, self.folder = reason, folder
+
+
 class Checkpointer:
     """Reads and writes one run folder for the run with the given identity.
 
@@ -98,15 +108,15 @@ class Checkpointer:
             return None
         saved = torch.load(path, map_location=self.device, weights_only=True)
         if saved.get("format") != FORMAT:
-            raise ValueError(
+            raise RunFolderError(
                 f"{path} was written by another version of lplr_fast (format "
-                f"{saved.get('format')}, expected {FORMAT}); use another out_dir or resume=False"
+                f"{saved.get('format')}, expected {FORMAT})",
+                self.out,
             )
         changed = identity_changes(saved["identity"], self.identity)
         if changed:
-            raise ValueError(
-                f"{path} belongs to a different run (differs in {', '.join(changed)}); use "
-                "another out_dir or resume=False to start over"
+            raise RunFolderError(
+                f"{path} belongs to a different run (differs in {', '.join(changed)})", self.out
             )
         return saved
 
@@ -124,9 +134,9 @@ class Checkpointer:
         if saved is None:
             return None
         if not (self.out / DERIVED).is_file():
-            raise ValueError(
-                f"{self.out} holds a checkpoint but no {DERIVED}: the folder is incomplete; "
-                "use resume=False to start over"
+            raise RunFolderError(
+                f"{self.out} holds a checkpoint but no {DERIVED}: the folder is incomplete",
+                self.out,
             )
         saved["state"] = RunState.from_dict(saved["state"])
         return saved
