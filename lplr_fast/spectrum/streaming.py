@@ -24,7 +24,12 @@ by its own rounding: use psd=False for bounds on the stored numbers alone.
 
 Every scalar is rounded outward; a tile whose largest entry leaves [2^-256, 2^256) is
 scaled by a power of two before its reductions, so entries anywhere in the float64 range
-give valid bounds (an end beyond the range becomes ±inf on its outer side).
+give valid bounds (an end beyond the range becomes ±inf on its outer side). All reductions
+run in float64 whatever the tile's dtype (float32 entries widened exactly, float16/bfloat16
+with a ``WidenedInputWarning``), so one float64 rounding analysis covers every dtype
+(``accumulate.py``). A tile is recorded whole or not at all: everything that can fail is
+computed before anything is stored, so a tile whose update raises leaves no trace. Results
+refuse a CPU in flush-to-zero mode even when it was switched on after the tiles.
 
 Tiles: ``update(rows, cols, tile)`` with ``rows``/``cols`` slices of samples and ``tile`` a
 2-D block or an (r, c, k, k) NTK block (read sample-major, like :func:`eig_bounds`), a
@@ -37,28 +42,21 @@ exactly (``coverage.py``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
 
+from . import residual as layer_residual
+from .accumulate import Accumulator, tile_share
 from .bounds import SpectrumBounds
-from .coverage import TileCoverage
 from .inputs import as_real_tensor, nonfinite_error
 from .native import tile_stats
 from .rounding import (
-    TINY,
-    UNIT_ROUNDOFF,
     down,
     exact_sum_bounds,
-    gamma_up,
     require_gradual_underflow,
-    scale_exponent,
-    scale_tensor,
     sqrt_bounds,
-    sum_bounds_fraction,
     up,
-    vec_up,
 )
 
 
@@ -75,75 +73,6 @@ def _as_2d(tile: torch.Tensor) -> tuple[torch.Tensor, int]:
             "compute='diagonal' tiles hold k separate kernels: feed each [:, :, c] instead"
         )
     return tile, 1
-
-
-def _pow2(e: int) -> Fraction:
-    return Fraction(2) ** e
-
-
-@dataclass
-class _Accumulator:
-    """Enclosures for one matrix (the total or one layer's part), N = samples × k."""
-
-    n_samples: int
-    size: int
-    upper: bool
-    coverage: TileCoverage = field(init=False)
-    diag: torch.Tensor = field(init=False)  # exact diagonal (NaN until fed)
-    rad: torch.Tensor = field(init=False)  # Gershgorin radii of S in units 2^exp
-    exp: int | None = None
-    rad_events: int = 0  # bound on the rounding events (absolute errors) per radius
-    sumsq: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0))  # ‖M‖_F² ∈ [lo, hi]
-    skew_hi: Fraction = Fraction(0)  # ‖M − Mᵀ‖_F² ≤ skew_hi (upper=True)
-
-    def __post_init__(self) -> None:
-        self.coverage = TileCoverage(self.n_samples, self.upper)
-        self.diag = torch.full((self.size,), math.nan, dtype=torch.float64)
-        self.rad = torch.zeros(self.size, dtype=torch.float64)
-
-    def raise_exponent(self, needed: int) -> None:
-        """Make the radius units at least 2^needed (rescaling the stored radii)."""
-        if self.exp is None:
-            self.exp = needed
-        elif needed > self.exp:
-            self.rad = scale_tensor(self.rad, self.exp - needed)
-            self.exp = needed
-            self.rad_events += 2
-
-    def radius_upper(self) -> torch.Tensor:
-        """Certified upper bounds on the radii (absolute units, float64; may hold inf)."""
-        depth = self.size + self.coverage.tiles + 4
-        if depth * UNIT_ROUNDOFF > 0.25:
-            raise ValueError("kernel too large for the float64 rounding bounds")
-        slack = up(2.0 * self.rad_events * TINY)
-        factor = up(1.0 + 2.0 * depth * UNIT_ROUNDOFF)
-        r = vec_up(vec_up(self.rad + slack) * factor)
-        return vec_up(scale_tensor(r, self.exp or 0))
-
-
-@dataclass
-class _Pending:
-    """The latest total tile and the running difference to its parts (per-layer mode)."""
-
-    key: tuple[int, int, int, int]
-    exponent: int  # residual and abs sums are in units 2^-exponent
-    mirrored: bool
-    residual: torch.Tensor
-    abs_sum: torch.Tensor
-    layers: set[str] = field(default_factory=set)
-
-    def frob_sq_upper(self) -> Fraction:
-        """‖total − Σ parts‖_F² ≤ this (exact difference; see ``StreamingBounds``)."""
-        count = len(self.layers)
-        g = up(gamma_up(max(count, 1)) * up(1.0 + 2.0 * count * UNIT_ROUNDOFF))
-        scaling = up((count + 1) * 2.0**-1074)
-        bound = vec_up(vec_up(self.residual.abs() + vec_up(self.abs_sum * g)) + scaling)
-        if not bool(torch.isfinite(bound).all()):
-            return Fraction(-1)  # unbounded
-        entries = bound.numel()
-        _, hi = sum_bounds_fraction(float((bound * bound).sum()), depth=entries + 1, ops=entries)
-        hi *= _pow2(-2 * self.exponent)
-        return 2 * hi if self.mirrored else hi
 
 
 class StreamingBounds:
@@ -168,9 +97,9 @@ class StreamingBounds:
             raise ValueError(f"n must be a positive number of samples, got {n!r}")
         self.n, self.upper, self.psd, self.per_layer = int(n), upper, psd, per_layer
         self.k: int | None = None
-        self._total: _Accumulator | None = None
-        self._layers: dict[str, _Accumulator] = {}
-        self._pending: _Pending | None = None
+        self._total: Accumulator | None = None
+        self._layers: dict[str, Accumulator] = {}
+        self._pending: layer_residual.PendingResidual | None = None
         self._residual_sq = Fraction(0)  # finished tiles' ‖total − Σ parts‖_F²
         self._additivity_broken: str | None = None
         self.tiles = 0
@@ -187,122 +116,75 @@ class StreamingBounds:
             raise ValueError(f"bounds was made for n={self.n} samples, x1 has {n1}")
 
     # -- feeding ---------------------------------------------------------------------------
-    def _acc(self, layer: str | None, k: int) -> _Accumulator:
+    def _acc(self, layer: str | None, k: int) -> Accumulator:
         if self.k is not None and k != self.k:
             raise ValueError(f"tile has {k} outputs per sample, earlier tiles had {self.k}")
         if layer is None:
             if self._total is None:
-                return _Accumulator(self.n, self.n * k, self.upper)
+                return Accumulator(self.n, self.n * k, self.upper)
             return self._total
         if layer not in self._layers:
-            return _Accumulator(self.n, self.n * k, self.upper)
+            return Accumulator(self.n, self.n * k, self.upper)
         return self._layers[layer]
 
     def update(
         self, rows: slice, cols: slice, tile: torch.Tensor, layer: str | None = None
     ) -> None:
-        """Feed one tile Θ(rows, cols) of the total (``layer=None``) or of one layer's part
-        (every check is made before anything is recorded).
+        """Feed one tile Θ(rows, cols) of the total (``layer=None``) or of one layer's part.
+        Everything that can fail is computed before anything is recorded: a tile that
+        raises leaves no trace.
 
         Raises:
             TypeError / ValueError: a non-float tile, a bad shape, NaN/Inf entries, a tile
                 below the diagonal with ``upper=True``, or one overlapping an earlier tile.
         """
         t2, k = _as_2d(as_real_tensor(tile, "tile"))
-        probe = self._acc(layer, k)
-        r0s, r1s, c0s, c1s = probe.coverage.check(rows, cols)
+        acc = self._acc(layer, k)
+        rect = acc.coverage.check(rows, cols)
+        r0s, r1s, c0s, c1s = rect
         if t2.shape != ((r1s - r0s) * k, (c1s - c0s) * k):
             raise ValueError(f"tile shape {tuple(tile.shape)} does not match ({rows}, {cols})")
         require_gradual_underflow()
-        r0, c0 = r0s * k, c0s * k
-        stats = tile_stats(t2, r0, c0)
+        stats = tile_stats(t2, r0s * k, c0s * k)
         if stats.nonfinite:
             raise nonfinite_error(f"tile ({rows}, {cols})", stats.nonfinite)
-        # -- accepted: commit ------------------------------------------------------------
-        self.k = k
-        if layer is None:
-            self._total = probe
-            self.tiles += 1
-        else:
-            self._layers[layer] = probe
-        probe.coverage.add(r0s, r1s, c0s, c1s)
         diagonal_block = self.upper and r0s == c0s
         mirrored = self.upper and not diagonal_block
-        self._accumulate(probe, t2, r0, c0, stats, mirrored, diagonal_block)
-        if self.per_layer:
-            self._track_residual(layer, (r0s, r1s, c0s, c1s), t2, stats.max_abs, mirrored)
-
-    def _accumulate(self, acc, t2, r0, c0, stats, mirrored, diagonal_block) -> None:
-        r, c = t2.shape
-        lo, hi = max(r0, c0), min(r0 + r, c0 + c)
-        if lo < hi:  # the tile crosses the diagonal: keep it exactly
-            acc.diag[lo:hi] = t2.diagonal(offset=r0 - c0).to(torch.float64).cpu()
-        if stats.max_abs == 0.0:
-            return
-        e = scale_exponent(stats.max_abs)
-        if e != 0:  # outside the safe window: reductions of t2·2^e instead
-            t2 = scale_tensor(t2, e)
-            stats = tile_stats(t2, r0, c0)
-        units = -e  # the tile's value is t2·2^units (up to the rounding below)
-        rounded = r * c * TINY if e < 0 else 0.0  # entries made subnormal: ≤ 2⁻¹⁰⁷⁴ each
-        weight = 2 if mirrored else 1
-        s_lo, s_hi = sum_bounds_fraction(stats.sumsq, depth=r * c, ops=r * c)
-        s_lo, s_hi = max(Fraction(0), s_lo - Fraction(rounded)), s_hi + Fraction(rounded)
-        acc.sumsq = (
-            acc.sumsq[0] + weight * s_lo * _pow2(2 * units),
-            acc.sumsq[1] + weight * s_hi * _pow2(2 * units),
-        )
-        if diagonal_block:
-            acc.skew_hi += _skew_sq_upper(t2, rounded) * _pow2(2 * units)
-        self._add_radii(acc, stats, r0, c0, r, c, units, mirrored, diagonal_block, e < 0)
-
-    def _add_radii(self, acc, stats, r0, c0, r, c, units, mirrored, diagonal_block, lossy):
-        top = math.frexp(stats.max_abs)[1]  # entries < 2^top in tile units
-        acc.raise_exponent(units + top + acc.size.bit_length() + 1)
-        shift = units - (acc.exp or 0)
-        rows = scale_tensor(stats.row_abs, shift)
-        cols = scale_tensor(stats.col_abs, shift)
-        if mirrored:  # the tile and its mirror image
-            acc.rad[r0 : r0 + r] += rows
-            acc.rad[c0 : c0 + c] += cols
-        elif diagonal_block:
-            acc.rad[r0 : r0 + r] += (rows + cols) * 0.5
-        else:  # full mode: S's radius ≤ (row sum + column sum) / 2
-            acc.rad[r0 : r0 + r] += rows * 0.5
-            acc.rad[c0 : c0 + c] += cols * 0.5
-        acc.rad_events += 6 + ((r + c) if lossy else 0)
-
-    def _track_residual(self, layer, key, t2, max_abs, mirrored) -> None:
-        """Per-layer mode: enclose ‖total − Σ parts‖_F tile by tile (parts right after
-        their total), for the layer-additivity bound."""
+        share = tile_share(acc, t2, rect, k, stats, mirrored, diagonal_block)
+        record_residual = self._residual_step(layer, rect, t2, stats.max_abs, mirrored)
+        # -- accepted: record (nothing below can fail) -----------------------------------
+        self.k = k
         if layer is None:
-            self._finish_pending()
-            e = scale_exponent(max_abs)
-            scaled = scale_tensor(t2, e)
-            self._pending = _Pending(key, e, mirrored, scaled.clone(), scaled.abs())
-            return
-        pending = self._pending
-        if pending is None or pending.key != key or layer in pending.layers:
-            self._additivity_broken = (
-                f"the part of layer {layer!r} for tile {key} was not fed right after that "
-                "tile's total"
-            )
-            return
-        part = scale_tensor(t2, pending.exponent)
-        pending.residual -= part
-        pending.abs_sum += part.abs()
-        pending.layers.add(layer)
+            self._total = acc
+            self.tiles += 1
+        else:
+            self._layers[layer] = acc
+        share.commit(acc)
+        record_residual()
 
-    def _finish_pending(self) -> None:
-        if self._pending is not None:
-            bound = self._pending.frob_sq_upper()
-            self._residual_sq = (
-                Fraction(-1) if bound < 0 or self._residual_sq < 0 else (self._residual_sq + bound)
-            )
-            self._pending = None
+    def _residual_step(self, layer, rect, t2, max_abs, mirrored):
+        """Per-layer mode: the (not yet applied) update of ‖total − Σ parts‖_F's enclosure
+        (``residual.py``); parts must come right after their total."""
+        if not self.per_layer:
+            return lambda: None
+        if layer is None:
+            finished, pending = layer_residual.open_step(self._pending, rect, t2, max_abs, mirrored)
+
+            def open_pending() -> None:
+                self._residual_sq = layer_residual.add_bound(self._residual_sq, finished)
+                self._pending = pending
+
+            return open_pending
+        step = layer_residual.part_step(self._pending, rect, layer, t2)
+        if isinstance(step, str):
+            return lambda: setattr(self, "_additivity_broken", self._additivity_broken or step)
+        return step
 
     # -- results ---------------------------------------------------------------------------
-    def _complete(self, acc: _Accumulator | None, what: str) -> _Accumulator:
+    def _complete(self, acc: Accumulator | None, what: str) -> Accumulator:
+        """``acc`` once it covers its matrix; every result passes here, so this is where
+        the flush-to-zero mode is refused (it may have been switched on since the tiles)."""
+        require_gradual_underflow()
         if acc is None:
             raise ValueError(f"no tiles of {what} were fed")
         if not acc.coverage.complete:
@@ -312,7 +194,7 @@ class StreamingBounds:
             )
         return acc
 
-    def _kernel(self) -> _Accumulator:
+    def _kernel(self) -> Accumulator:
         return self._complete(self._total, "the kernel")
 
     @property
@@ -390,11 +272,19 @@ class StreamingBounds:
             total = down(total + max(0.0, self.gershgorin(name)[0]))
         residual = self._residual_sq
         if residual >= 0 and self._pending is not None:
-            pending = self._pending.frob_sq_upper()
-            residual = Fraction(-1) if pending < 0 else residual + pending
+            residual = layer_residual.add_bound(residual, self._pending.frob_sq_upper())
         if residual < 0:
             return -math.inf
         return down(total - sqrt_bounds(Fraction(0), residual)[1])
+
+    def _additivity_available(self) -> bool:
+        """Whether :meth:`layer_additivity_lower` has what it needs (every layer complete)."""
+        return (
+            self.per_layer
+            and bool(self._layers)
+            and not self._additivity_broken
+            and all(acc.coverage.complete for acc in self._layers.values())
+        )
 
     def bounds(self) -> SpectrumBounds:
         """The brackets listed in the module docstring, all rigorous (certified=True);
@@ -408,7 +298,7 @@ class StreamingBounds:
         lo_min = g_lo
         if self.psd:
             lo_min = max(lo_min, 0.0)
-            if self._layers and self.per_layer and not self._additivity_broken:
+            if self._additivity_available():
                 lo_min = max(lo_min, self.layer_additivity_lower())
         hi_min = min(d_min, up(tr_hi / size))
         lo_max = max(d_max, down(tr_lo / size))
@@ -424,13 +314,3 @@ class StreamingBounds:
 def _div_sqrt_down(x: float, size: int) -> float:
     """A lower bound on x / √size."""
     return down(x / up(math.sqrt(size)))
-
-
-def _skew_sq_upper(t2: torch.Tensor, rounded: float) -> Fraction:
-    """Upper bound on ‖T − Tᵀ‖_F² of the exact square tile (its entries moved by at most
-    ``rounded``/(r·c) each by a scaling): Lemma S, depth r² + 3, r² products."""
-    d = t2 - t2.T
-    r2 = d.numel()
-    total = float((d * d).sum())
-    _, hi = sum_bounds_fraction(total, depth=r2 + 3, ops=r2)
-    return hi + 8 * Fraction(rounded)
