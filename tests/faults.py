@@ -29,7 +29,9 @@ class Injected(RuntimeError):
 
 # the helpers that update() calls on its way to recording a tile, by module
 UPDATE_STEPS = {
-    streaming: ("as_real_tensor", "tile_stats", "tile_share", "require_gradual_underflow"),
+    streaming: (
+        "as_real_tensor", "tile_stats", "measure_tile", "plan_share", "require_gradual_underflow",
+    ),
     accumulate: (
         "tile_stats", "scale_exponent", "scale_tensor", "sum_bounds_fraction", "skew_sq_upper",
         "_radii", "pow2",

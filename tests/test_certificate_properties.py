@@ -422,8 +422,8 @@ def test_rejected_updates_leave_no_trace(spec, upper, psd, per_layer, bad, data)
         if per_layer:
             feeds += [(rows, cols, p, f"l{j}") for j, p in enumerate(parts)]
     failing = data.draw(st.integers(0, len(feeds) - 1), label="failing feed")
-    clean = StreamingBounds(spec.n, upper=upper, psd=psd, per_layer=per_layer)
-    tried = StreamingBounds(spec.n, upper=upper, psd=psd, per_layer=per_layer)
+    clean = StreamingBounds(spec.n, upper=upper, psd=psd, per_layer=per_layer, record=True)
+    tried = StreamingBounds(spec.n, upper=upper, psd=psd, per_layer=per_layer, record=True)
     for i, (rows, cols, m, layer) in enumerate(feeds):
         r, c = slice(*rows), slice(*cols)
         clean.update(r, c, m[r, c], layer=layer)
@@ -431,6 +431,56 @@ def test_rejected_updates_leave_no_trace(spec, upper, psd, per_layer, bad, data)
             continue
         tried.update(r, c, m[r, c], layer=layer)
     assert stream_results(tried) == stream_results(clean)
+    merged_tried = StreamingBounds.merged([tried.export()])  # no record of the rejected try
+    merged_clean = StreamingBounds.merged([clean.export()])
+    assert stream_results(merged_tried) == stream_results(merged_clean)
+
+
+@cases(300)
+@given(
+    spec=small_specs,
+    upper=st.booleans(),
+    per_layer=st.booleans(),
+    skew=st.sampled_from([None, -30, -10, 0]),
+    ranks=st.integers(1, 3),
+    data=st.data(),
+)
+def test_merged_streams(spec, upper, per_layer, skew, ranks, data):
+    """The distributed path: tiles (and their per-layer parts) in any dtype spread over
+    several recorded streams and merged give bitwise the bounds of one stream fed every tile
+    in row-major order, and those contain the exact truth."""
+    a = build_small(spec)
+    if skew is not None:
+        a = _with_skew(a, skew, spec.seed)
+    tiles = data.draw(tilings(spec.n, upper))
+    wide = a.double()
+    m = _assembled_upper(wide, tiles, 1) if upper else wide
+    exact = ExactSpectrum(m)
+    layers = ((wide * 0.75).to(a.dtype), (wide * 0.25).to(a.dtype)) if per_layer else ()
+    sym = (lambda x: _assembled_upper(x.double(), tiles, 1)) if upper else (lambda x: x.double())
+    promise_holds = all(ExactSpectrum(sym(x)).counts(0.0)[0] == 0 for x in (a, *layers))
+    psd = promise_holds and data.draw(st.booleans())  # for the total and every part
+    settings_ = {"upper": upper, "psd": psd, "per_layer": per_layer}
+    parts = [StreamingBounds(spec.n, record=True, **settings_) for _ in range(ranks)]
+    one = StreamingBounds(spec.n, **settings_)
+    owner = data.draw(st.lists(st.integers(0, ranks - 1), min_size=len(tiles)), label="ranks")
+    for (rows, cols), rank in zip(tiles, owner, strict=False):
+        r, c = slice(*rows), slice(*cols)
+        parts[rank].update(r, c, a[r, c])
+        for i, p in enumerate(layers):
+            parts[rank].update(r, c, p[r, c], layer=f"l{i}")
+    for rows, cols in sorted(tiles, key=lambda t: (t[0][0], t[1][0])):
+        r, c = slice(*rows), slice(*cols)
+        one.update(r, c, a[r, c])
+        for i, p in enumerate(layers):
+            one.update(r, c, p[r, c], layer=f"l{i}")
+    merged = StreamingBounds.merged([part.export() for part in parts])
+    assert stream_results(merged) == stream_results(one)
+    b = merged.bounds()
+    assert exact.min_in(b.lambda_min_lower, b.lambda_min_upper), (b, tiles)
+    assert exact.max_in(b.lambda_max_lower, b.lambda_max_upper), (b, tiles)
+    if upper:
+        assert _skew_sq(m) <= Fraction(merged.skew_frobenius_upper()) ** 2
 
 
 # -- ntk_distance -------------------------------------------------------------------------

@@ -166,6 +166,68 @@ def test_flush_to_zero_is_refused_by_every_result():
     assert contains(b.lambda_max_lower, b.lambda_max_upper, 3 * Fraction(2.0**-1074))
 
 
+# -- the distributed merge path (record / export / merged) gets the same fixes -----------------
+def _merged(feeds, n: int, ranks: int = 2, **kwargs) -> StreamingBounds:
+    """Feeds (rows, cols, tile, layer) dealt round-robin (by tile) to recorded streams, merged."""
+    parts = [StreamingBounds(n, record=True, **kwargs) for _ in range(ranks)]
+    tile = -1
+    for rows, cols, m, layer in feeds:
+        tile += layer is None
+        parts[tile % ranks].update(slice(*rows), slice(*cols), m, layer=layer)
+    return StreamingBounds.merged([p.export() for p in parts])
+
+
+def test_merged_float32_asymmetry_is_bounded_in_float64():
+    k = 1 + 2.0**-12
+    m = torch.tensor([[1.0, k], [-k, 1.0]], dtype=torch.float32)
+    merged = _merged([((0, 2), (0, 2), m, None)], n=2, psd=True)
+    b = merged.bounds()
+    assert contains(b.lambda_max_lower, b.lambda_max_upper, Fraction(1)), b
+    assert Fraction(merged.skew_frobenius_upper()) ** 2 >= 8 * Fraction(k) ** 2
+
+
+def test_merged_streams_carry_no_trace_of_a_rejected_tile():
+    m = torch.tensor([[1.0, 1e20], [0.0, 1.0]])  # float32
+    tried = StreamingBounds(2, psd=False, record=True)
+    with pytest.raises(ValueError, match="NaN"):
+        tried.update(slice(0, 2), slice(0, 2), torch.tensor([[1.0, math.nan], [0.0, 1.0]]))
+    tried.update(slice(0, 2), slice(0, 2), m)
+    assert len(tried.export().records) == 1
+    b = StreamingBounds.merged([tried.export()]).bounds()
+    exact = ExactSpectrum(m.double())
+    assert exact.min_in(b.lambda_min_lower, b.lambda_min_upper), b
+    assert exact.max_in(b.lambda_max_lower, b.lambda_max_upper), b
+
+
+def test_merged_per_layer_residual_of_huge_cancelling_parts():
+    a = 2.0**600
+    p1 = torch.tensor([[a, a], [a, a]], dtype=F64)
+    p2 = torch.tensor([[a, -a], [-a, a]], dtype=F64)
+    total = p1 + p2
+    feeds = []
+    for r, c in [((0, 1), (0, 1)), ((0, 1), (1, 2)), ((1, 2), (1, 2))]:
+        rs, cs = slice(*r), slice(*c)
+        feeds += [(r, c, total[rs, cs], None), (r, c, p1[rs, cs], "l1"), (r, c, p2[rs, cs], "l2")]
+    merged = _merged(feeds, ranks=3, n=2, per_layer=True)
+    b = merged.bounds()
+    assert contains(b.lambda_min_lower, b.lambda_min_upper, 2 * Fraction(a)), b
+    assert merged.layer_additivity_lower() <= 2 * Fraction(a)
+
+
+def test_merged_stream_refuses_flush_to_zero():
+    tiny = torch.tensor([[3 * 2.0**-1074, 0.0], [0.0, 2 * 2.0**-1074]], dtype=F64)
+    merged = _merged([((0, 2), (0, 2), tiny, None)], n=2, psd=False)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        with pytest.raises(RuntimeError, match="gradual underflow"):
+            merged.bounds()
+    finally:
+        torch.set_flush_denormal(False)
+    b = merged.bounds()
+    assert contains(b.lambda_max_lower, b.lambda_max_upper, 3 * Fraction(2.0**-1074))
+
+
 # -- unclear errors and the doc item -------------------------------------------------------------
 @pytest.mark.parametrize("method", ["dense", "cholesky", "auto", "lanczos"])
 @pytest.mark.parametrize("c", [FLOAT_MAX, FLOAT_MAX * (1 - 1e-13), 2.0**1023])

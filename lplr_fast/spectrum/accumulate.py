@@ -1,10 +1,14 @@
 """What one tile contributes to the enclosures of ``StreamingBounds`` (see ``streaming.py``
 for the bounds they feed).
 
-A tile's share is computed in full before anything is recorded (:func:`tile_share` may
-raise; :meth:`TileShare.commit` only adds finite numbers that are already computed), so a
-tile that fails leaves no trace. All arithmetic runs in float64 whatever the tile's dtype:
-float32 entries are widened exactly, so the float64 rounding analysis below covers them.
+A tile is first measured into a :class:`TileRecord` (:func:`measure_tile`: everything that
+depends on the tile alone), then planned against the accumulator it goes to
+(:func:`plan_share`: the Gershgorin increments in the accumulator's current units); both may
+raise and change nothing. :meth:`TileShare.commit` only adds numbers already computed, so a
+tile that fails leaves no trace, and a record replayed into another stream
+(``StreamingBounds.merged``) goes through the very same plan and commit. All arithmetic runs
+in float64 whatever the tile's dtype: float32 entries are widened exactly, so the float64
+rounding analysis below covers them.
 
 Per tile T (r × c, placed at rows r0, columns c0 of the (N × N) matrix M):
 
@@ -87,56 +91,43 @@ class Accumulator:
 
 
 @dataclass
-class TileShare:
-    """One tile's additions to an :class:`Accumulator`, all computed already."""
+class TileRecord:
+    """What one tile contributes, independently of the stream it is fed to (so records of
+    tiles fed to several streams, e.g. by several processes, can be replayed into one:
+    ``StreamingBounds.merged``). ``key`` (r0, r1, c0, c1) in samples, ``rows``/``cols`` the
+    2-D size, ``diag`` the exact diagonal entries the tile holds (None if it holds none),
+    ``sumsq`` / ``skew`` exact rationals, ``radii`` = (row abs sums, column abs sums,
+    max |entry|, units, lossy) in tile units, None for an all-zero tile."""
 
-    rect: Rect
-    diag_start: int = 0
-    diag_values: torch.Tensor | None = None  # the exact diagonal entries the tile holds
+    layer: str | None
+    k: int
+    key: Rect
+    rows: int
+    cols: int
+    mirrored: bool
+    diagonal_block: bool
+    diag: torch.Tensor | None
     sumsq: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0))
     skew: Fraction = Fraction(0)
-    exp: int | None = None  # radius units after this tile (None: nothing to add)
-    rescaled: torch.Tensor | None = None  # the stored radii in the new units, if they change
-    radii: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (start, increments)
-    events: int = 0
-
-    def commit(self, acc: Accumulator) -> None:
-        """Record the share (cannot fail)."""
-        acc.coverage.add(*self.rect)
-        if self.diag_values is not None:
-            acc.diag[self.diag_start : self.diag_start + len(self.diag_values)] = self.diag_values
-        acc.sumsq = (acc.sumsq[0] + self.sumsq[0], acc.sumsq[1] + self.sumsq[1])
-        acc.skew_hi += self.skew
-        if self.exp is not None:
-            if self.rescaled is not None:
-                acc.rad = self.rescaled
-                acc.rad_events += 2
-            acc.exp = self.exp
-            for start, increments in self.radii:
-                acc.rad[start : start + len(increments)] += increments
-            acc.rad_events += self.events
+    radii: tuple[torch.Tensor, torch.Tensor, float, int, bool] | None = None
 
 
-def tile_share(
-    acc: Accumulator,
-    t2: torch.Tensor,
-    rect: Rect,
-    k: int,
-    stats: TileStats,
-    mirrored: bool,
-    diagonal_block: bool,
-) -> TileShare:
-    """The share of the 2-D tile ``t2`` (finite; ``stats`` its reductions) covering ``rect``
-    with k outputs per sample; ``mirrored``: it also stands for its mirror image."""
+def measure_tile(
+    t2: torch.Tensor, stats: TileStats, layer: str | None, k: int, key: Rect, upper: bool
+) -> TileRecord:
+    """The record of the finite 2-D tile ``t2`` (``stats`` its reductions) covering ``key``
+    with k outputs per sample (may raise; records nothing)."""
     r, c = t2.shape
-    r0, c0 = rect[0] * k, rect[2] * k
-    share = TileShare(rect)
+    r0, c0 = key[0] * k, key[2] * k
+    diagonal_block = upper and key[0] == key[2]
+    mirrored = upper and not diagonal_block
     lo, hi = max(r0, c0), min(r0 + r, c0 + c)
+    diag = None
     if lo < hi:  # the tile crosses the diagonal: keep it exactly
-        share.diag_start = lo
-        share.diag_values = t2.diagonal(offset=r0 - c0).to(torch.float64).cpu()
+        diag = t2.diagonal(offset=r0 - c0).to(torch.float64).cpu().clone()
+    record = TileRecord(layer, k, key, r, c, mirrored, diagonal_block, diag)
     if stats.max_abs == 0.0:
-        return share
+        return record
     e = scale_exponent(stats.max_abs)
     if e != 0:  # outside the safe window: reductions of t2·2^e instead
         t2 = scale_tensor(t2, e)
@@ -146,23 +137,64 @@ def tile_share(
     weight = 2 if mirrored else 1
     s_lo, s_hi = sum_bounds_fraction(stats.sumsq, depth=r * c, ops=r * c)
     s_lo, s_hi = max(Fraction(0), s_lo - rounded), s_hi + rounded
-    share.sumsq = (weight * s_lo * pow2(2 * units), weight * s_hi * pow2(2 * units))
+    record.sumsq = (weight * s_lo * pow2(2 * units), weight * s_hi * pow2(2 * units))
     if diagonal_block:
-        share.skew = skew_sq_upper(t2, rounded) * pow2(2 * units)
-    _radii(share, acc, stats, r0, c0, (r, c), units, mirrored, diagonal_block, e < 0)
+        record.skew = skew_sq_upper(t2, rounded) * pow2(2 * units)
+    record.radii = (stats.row_abs, stats.col_abs, stats.max_abs, units, e < 0)
+    return record
+
+
+@dataclass
+class TileShare:
+    """A record's additions to one :class:`Accumulator` (in its current radius units), all
+    computed already: :meth:`commit` cannot fail."""
+
+    record: TileRecord
+    exp: int | None = None  # radius units after this tile (None: nothing to add)
+    rescaled: torch.Tensor | None = None  # the stored radii in the new units, if they change
+    radii: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (start, increments)
+    events: int = 0
+
+    def commit(self, acc: Accumulator) -> None:
+        """Record the share."""
+        rec = self.record
+        acc.coverage.add(*rec.key)
+        if rec.diag is not None:
+            start = max(rec.key[0], rec.key[2]) * rec.k
+            acc.diag[start : start + len(rec.diag)] = rec.diag
+        if self.exp is None:  # an all-zero tile
+            return
+        acc.sumsq = (acc.sumsq[0] + rec.sumsq[0], acc.sumsq[1] + rec.sumsq[1])
+        acc.skew_hi += rec.skew
+        if self.rescaled is not None:
+            acc.rad = self.rescaled
+            acc.rad_events += 2
+        acc.exp = self.exp
+        for start, increments in self.radii:
+            acc.rad[start : start + len(increments)] += increments
+        acc.rad_events += self.events
+
+
+def plan_share(acc: Accumulator, record: TileRecord) -> TileShare:
+    """The share of ``record`` in ``acc`` (may raise; changes nothing)."""
+    share = TileShare(record)
+    if record.radii is not None:
+        _radii(share, acc, record)
     return share
 
 
-def _radii(share, acc, stats, r0, c0, shape, units, mirrored, diagonal_block, lossy) -> None:
-    r, c = shape
-    top = math.frexp(stats.max_abs)[1]  # entries < 2^top in tile units
+def _radii(share: TileShare, acc: Accumulator, rec: TileRecord) -> None:
+    row_abs, col_abs, max_abs, units, lossy = rec.radii  # type: ignore[misc]
+    r, c = rec.rows, rec.cols
+    r0, c0 = rec.key[0] * rec.k, rec.key[2] * rec.k
+    top = math.frexp(max_abs)[1]  # entries < 2^top in tile units
     share.exp, share.rescaled = acc.units_for(units + top + acc.size.bit_length() + 1)
     shift = units - share.exp
-    rows = scale_tensor(stats.row_abs, shift)
-    cols = scale_tensor(stats.col_abs, shift)
-    if mirrored:  # the tile and its mirror image
+    rows = scale_tensor(row_abs, shift)
+    cols = scale_tensor(col_abs, shift)
+    if rec.mirrored:  # the tile and its mirror image
         share.radii = [(r0, rows), (c0, cols)]
-    elif diagonal_block:
+    elif rec.diagonal_block:
         share.radii = [(r0, (rows + cols) * 0.5)]
     else:  # full mode: S's radius ≤ (row sum + column sum) / 2
         share.radii = [(r0, rows * 0.5), (c0, cols * 0.5)]

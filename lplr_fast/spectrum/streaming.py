@@ -37,17 +37,24 @@ tensor or numpy array. With ``upper=True`` (what ``ntk_blocks(model, x)`` yields
 is a diagonal block (rows == cols) or lies strictly above the diagonal; with ``upper=False``
 any tiles. Tiles must not overlap, and bounds are given only once they cover the matrix
 exactly (``coverage.py``).
+
+Streams fed with disjoint sets of tiles (several processes: ``lplr_fast.distributed``) merge
+exactly: with ``record=True`` a stream keeps each accepted tile's :class:`TileRecord`
+(``export()``), and :meth:`StreamingBounds.merged` replays the records of all parts through
+the same plan-and-commit steps as ``update`` (so the same certificates, and bitwise the same
+numbers as one stream fed the tiles in that order).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
 
 from . import residual as layer_residual
-from .accumulate import Accumulator, tile_share
+from .accumulate import Accumulator, TileRecord, TileShare, measure_tile, plan_share
 from .bounds import SpectrumBounds
 from .inputs import as_real_tensor, nonfinite_error
 from .native import tile_stats
@@ -75,6 +82,23 @@ def _as_2d(tile: torch.Tensor) -> tuple[torch.Tensor, int]:
     return tile, 1
 
 
+__all__ = ["StreamingBounds", "StreamingExport", "TileRecord"]
+
+
+@dataclass
+class StreamingExport:
+    """A stream's exact statistics (``StreamingBounds.export``): its settings, its tile
+    records, ‖total − Σ parts‖_F² ≤ ``residual_sq`` over its tiles (−1: unbounded)."""
+
+    n: int
+    upper: bool
+    psd: bool
+    per_layer: bool
+    records: list[TileRecord]
+    residual_sq: Fraction
+    additivity_broken: str | None
+
+
 class StreamingBounds:
     """Accumulates bounds on the extreme eigenvalues of a symmetric (N × N) matrix from its
     tiles; N = samples × outputs per sample.
@@ -88,10 +112,19 @@ class StreamingBounds:
         per_layer: when fed by ``empirical_ntk`` / ``ntk_blocks``, also accumulate every
             module's part (for :meth:`layer_additivity_lower`); parts of a tile must be fed
             right after the tile's total.
+        record: also keep, per tile, the exact statistics it contributed (``export()``), so
+            that streams fed with disjoint sets of tiles (e.g. by several processes) can be
+            merged by :meth:`merged` into exactly the stream fed with all of them.
     """
 
     def __init__(
-        self, n: int, *, upper: bool = True, psd: bool = True, per_layer: bool = False
+        self,
+        n: int,
+        *,
+        upper: bool = True,
+        psd: bool = True,
+        per_layer: bool = False,
+        record: bool = False,
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive number of samples, got {n!r}")
@@ -103,6 +136,7 @@ class StreamingBounds:
         self._residual_sq = Fraction(0)  # finished tiles' ‖total − Σ parts‖_F²
         self._additivity_broken: str | None = None
         self.tiles = 0
+        self._records: list[TileRecord] | None = [] if record else None
 
     def expect(self, *, n1: int, n2: int, compute: str, symmetric: bool) -> None:
         """Called by the NTK tile stream before its first tile: it must be the upper triangle
@@ -148,19 +182,25 @@ class StreamingBounds:
         stats = tile_stats(t2, r0s * k, c0s * k)
         if stats.nonfinite:
             raise nonfinite_error(f"tile ({rows}, {cols})", stats.nonfinite)
-        diagonal_block = self.upper and r0s == c0s
-        mirrored = self.upper and not diagonal_block
-        share = tile_share(acc, t2, rect, k, stats, mirrored, diagonal_block)
-        record_residual = self._residual_step(layer, rect, t2, stats.max_abs, mirrored)
+        record = measure_tile(t2, stats, layer, k, rect, self.upper)
+        share = plan_share(acc, record)
+        record_residual = self._residual_step(layer, rect, t2, stats.max_abs, record.mirrored)
         # -- accepted: record (nothing below can fail) -----------------------------------
-        self.k = k
-        if layer is None:
+        self._commit(share, acc)
+        if self._records is not None:
+            self._records.append(record)
+        record_residual()
+
+    def _commit(self, share: TileShare, acc: Accumulator) -> None:
+        """Adopt ``acc`` and add the planned share to it (cannot fail)."""
+        rec = share.record
+        self.k = rec.k
+        if rec.layer is None:
             self._total = acc
             self.tiles += 1
         else:
-            self._layers[layer] = acc
+            self._layers[rec.layer] = acc
         share.commit(acc)
-        record_residual()
 
     def _residual_step(self, layer, rect, t2, max_abs, mirrored):
         """Per-layer mode: the (not yet applied) update of ‖total − Σ parts‖_F's enclosure
@@ -179,6 +219,54 @@ class StreamingBounds:
         if isinstance(step, str):
             return lambda: setattr(self, "_additivity_broken", self._additivity_broken or step)
         return step
+
+    # -- merging streams fed with disjoint tiles -----------------------------------------
+    def export(self) -> StreamingExport:
+        """This stream's exact per-tile statistics (needs ``record=True``): picklable, for
+        :meth:`merged`."""
+        if self._records is None:
+            raise ValueError("export() needs a StreamingBounds(..., record=True)")
+        residual = self._residual_sq
+        if self._pending is not None:
+            residual = layer_residual.add_bound(residual, self._pending.frob_sq_upper())
+        return StreamingExport(
+            self.n, self.upper, self.psd, self.per_layer, list(self._records), residual,
+            self._additivity_broken,
+        )  # fmt: skip
+
+    @classmethod
+    def merged(cls, parts: list[StreamingExport]) -> StreamingBounds:
+        """The stream fed with the union of the parts' tiles, in row-major tile order (the
+        order of ``ntk_blocks``): bitwise the same bounds as one stream fed with all tiles in
+        that order. Parts must agree on n / upper / psd / per_layer; tiles fed to two parts
+        (overlaps) are refused, and bounds need the union to cover the matrix."""
+        if not parts:
+            raise ValueError("merged() needs at least one exported stream")
+        first = parts[0]
+        for part in parts[1:]:
+            if (part.n, part.upper, part.psd, part.per_layer) != (
+                first.n, first.upper, first.psd, first.per_layer,
+            ):  # fmt: skip
+                raise ValueError(
+                    "the streams to merge differ in n / upper / psd / per_layer: "
+                    f"{(first.n, first.upper, first.psd, first.per_layer)} vs "
+                    f"{(part.n, part.upper, part.psd, part.per_layer)}"
+                )
+        out = cls(first.n, upper=first.upper, psd=first.psd, per_layer=first.per_layer)
+        records = sorted(
+            (rec for part in parts for rec in part.records), key=lambda rec: rec.key[::2]
+        )  # stable: a tile's parts stay after its total
+        for rec in records:
+            acc = out._acc(rec.layer, rec.k)
+            acc.coverage.check(slice(*rec.key[:2]), slice(*rec.key[2:]))
+            out._commit(plan_share(acc, rec), acc)
+        residual = Fraction(0)
+        for part in parts:
+            residual = layer_residual.add_bound(residual, part.residual_sq)
+        out._residual_sq = residual
+        broken = [part.additivity_broken for part in parts if part.additivity_broken]
+        out._additivity_broken = broken[0] if broken else None
+        return out
 
     # -- results ---------------------------------------------------------------------------
     def _complete(self, acc: Accumulator | None, what: str) -> Accumulator:
