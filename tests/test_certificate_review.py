@@ -357,8 +357,9 @@ def test_incomplete_layer_does_not_block_the_kernel_bounds():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_widening_is_announced(dtype):
     a = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=dtype)
-    with pytest.warns(WidenedInputWarning, match=rf"K: {dtype} entries .* float64"):
+    with pytest.warns(WidenedInputWarning, match=rf"K: {dtype} entries .* float64") as caught:
         eig_bounds(a)
+    assert {w.filename for w in caught} == {__file__}  # points at the caller's line
     with pytest.warns(WidenedInputWarning, match="tile"):
         StreamingBounds(2).update(slice(0, 2), slice(0, 2), a)
     with pytest.warns(WidenedInputWarning, match="K0"):

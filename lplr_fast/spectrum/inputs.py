@@ -3,17 +3,30 @@ non-empty; float16/bfloat16 widened to float64 (exact: every such value is a flo
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import numpy as np
 import torch
 
 _WIDENED = (torch.float16, torch.bfloat16)
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class WidenedInputWarning(UserWarning):
-    """A float16/bfloat16 input was widened to float64 (exactly) before the bounds: shown
-    once per argument name and dtype (Python's default warning filter)."""
+    """A float16/bfloat16 input was widened to float64 (exactly) before the bounds. It points
+    at the caller's line (the first frame outside lplr_fast), so Python's default filter
+    shows it once per calling line, argument name and dtype."""
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside the lplr_fast package, counted from the
+    function that calls this one."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _from_numpy(x: np.ndarray, name: str) -> torch.Tensor:
@@ -62,7 +75,7 @@ def as_real_tensor(x: object, name: str) -> torch.Tensor:
             f"{name}: {x.dtype} entries are widened to float64 (exactly: every such value is "
             "a float64); the bounds are those of the widened matrix",
             WidenedInputWarning,
-            stacklevel=2,
+            stacklevel=_caller_stacklevel(),
         )
         return x.to(torch.float64)
     return x
