@@ -84,7 +84,7 @@ fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stage "benchmarks"
   LPLR_BENCH_PARTIAL="$OUT/partial.json" timeout "${BENCH_TIMEOUT:-300}" \
-    $PY -m benchmarks.run --device cuda --only gpu ${BENCH_ARGS:-} --out "$OUT" > "$LOG/bench.log" 2>&1
+    $PY -m benchmarks.run --device cuda --only gpu,distributed ${BENCH_ARGS:-} --out "$OUT" > "$LOG/bench.log" 2>&1
   echo "benchmarks exit code $?"
   $PY - "$OUT" <<'EOF'
 import json, sys

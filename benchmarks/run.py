@@ -30,6 +30,7 @@ from torch import nn
 import lplr_fast
 from lplr_fast.gram import gram_accumulate, gram_accumulate_reference
 
+from .distributed_cases import group_distributed
 from .gpu_cases import group_gpu
 from .models import LSTMModel, ResNetCNN, TransformerClassifier, export
 from .models import mlp as bench_mlp
@@ -607,6 +608,7 @@ GROUPS: dict[str, Callable[..., None]] = {
     "stax": group_stax,
     "sequence": group_sequence,
     "probe": group_probe,
+    "distributed": group_distributed,
 }
 
 

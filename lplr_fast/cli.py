@@ -1,12 +1,15 @@
 """Command line: ``lplr-fast demo`` (the main job: a short LPLR study on binary MNIST with an
 HTML report), ``run`` (an experiment), ``sweep`` (a grid), ``report``, ``train``, ``plot``,
-``ntk-check`` (one NTK against the torch.func reference) and ``info``."""
+``ntk`` (a kernel into a tile store), ``ntk-check`` (one NTK against the torch.func
+reference) and ``info``. ``ntk``, ``run``, ``sweep`` and ``train`` also run under
+``torchrun --nproc_per_node=N -m lplr_fast.cli ...`` (data-parallel; see docs/SCALING.md)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import Any
 
 from ._backend import backend_info
 from .data import DATASETS
@@ -68,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder (history, summary, checkpoint)")
     train.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     train.add_argument("--quiet", action="store_true", help="no progress line")
+    from .distributed.cli import add_parser as add_ntk_parser
+
+    add_ntk_parser(sub)
     plot = sub.add_parser("plot", help="PNG figures of a run folder")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR)")
@@ -112,8 +118,6 @@ def _study(args: argparse.Namespace) -> int:
 
     from .data import DatasetNotFoundError
     from .study import ConfigError, load_study, run_study
-    from .study.demo import compact_table
-    from .study.report import write_report
     from .study.runner import StudyLockedError
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -127,22 +131,44 @@ def _study(args: argparse.Namespace) -> int:
             print(f"lplr-fast {args.command}: --threads must be ≥ 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
+    from .distributed.group import DistributedError
+    from .distributed.launch import process_group
+
     try:
         study = load_study("demo" if args.command == "demo" else args.config)
-        result = run_study(
-            study,
-            args.out,
-            quick=args.quick,
-            data_dir=args.data_dir,
-            device=args.device,
-            progress=not args.quiet,
-        )
-    except (ConfigError, DatasetNotFoundError, StudyLockedError, ValueError, TypeError) as exc:
+        with process_group(args.device) as device:
+            result = run_study(
+                study,
+                args.out,
+                quick=args.quick,
+                data_dir=args.data_dir,
+                device=device,
+                progress=not args.quiet,
+            )
+            if _main_rank():
+                _print_study(args, result)
+    except (
+        ConfigError, DatasetNotFoundError, StudyLockedError, DistributedError, ValueError,
+        TypeError,
+    ) as exc:  # fmt: skip
         print(f"lplr-fast {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command to resume ({args.out})", file=sys.stderr)
         return 130
+    return 0 if result.status == "completed" else 130
+
+
+def _main_rank() -> bool:
+    from .distributed.group import is_main
+
+    return is_main()
+
+
+def _print_study(args: argparse.Namespace, result: Any) -> None:
+    from .study.demo import compact_table
+    from .study.report import write_report
+
     if result.reused:
         print(f"reused {result.reused} finished run(s) from {args.out} (delete it to recompute)")
     print(compact_table(result.rows))
@@ -151,12 +177,11 @@ def _study(args: argparse.Namespace) -> int:
     print(f"table: {args.out}/table.csv")
     if result.status != "completed":
         print(f"{result.status}: rerun the same command to resume", file=sys.stderr)
-        return 130
+        return
     if args.command in ("run", "demo"):
         print(f"report: {write_report(args.out)}")
     else:
         print(f"report: lplr-fast report {args.out}")
-    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -171,16 +196,21 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .distributed.group import DistributedError
+    from .distributed.launch import process_group
     from .training.cli_run import run_from_config
     from .training.runconfig import ConfigError
 
     try:
-        result = run_from_config(args.config, args.out, progress=not args.quiet, device=args.device)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError) as exc:
+        with process_group(args.device) as device:
+            result = run_from_config(args.config, args.out, progress=not args.quiet, device=device)
+            main_rank = _main_rank()  # inside: the group is gone afterwards
+    except (ConfigError, DistributedError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"lplr-fast train: {exc}", file=sys.stderr)
         return 2
-    print(result)
-    print(f"run written to {args.out}")
+    if main_rank:
+        print(result)
+        print(f"run written to {args.out}")
     status = result.summary.get("status", "")
     if status.startswith("interrupted"):
         print("interrupted: rerun the same command to resume", file=sys.stderr)
@@ -210,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command == "ntk":
+        from .distributed.cli import run as run_ntk
+
+        return run_ntk(args)
     if args.command in ("demo", "run", "sweep"):
         return _study(args)
     if args.command == "report":

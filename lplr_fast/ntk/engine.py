@@ -12,7 +12,7 @@ import copy
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -412,12 +412,90 @@ def _tiles(
     when x2 is None). No host synchronisation per tile; the model is only touched (buffers,
     BatchNorm flags) inside each block's forward, never while suspended. ``probe``: filled
     with the verification consumer for this stream once the output count is known."""
-    plan, per_sample = _plan(job)
-    names = plan.parts()
-    if block_size is None:
-        block_size = _choose_block_size(job, per_sample, plan.k, len(names) if want_parts else 0)
+    source = _source(job, block_size, want_parts)
     for check in probe:
-        check.start(job, plan, block_size)
+        check.start(job, source.plan, source.block_size)
+    yield from source.tiles()
+
+
+@dataclass
+class TileSource:
+    """A planned tile stream: the producer behind :func:`ntk_blocks`, for writers that
+    compute only some of its tiles (e.g. one rank's share, see ``lplr_fast.distributed``).
+
+    Tile (bi, bj) covers rows ``bi·block_size ...`` of x1 and columns ``bj·block_size ...``
+    of x2 (x1 when x2 is None, where only bj ≥ bi exist). Its bits do not depend on which
+    other tiles are computed (features of a block come from one forward of that block)."""
+
+    job: _Job
+    plan: Plan
+    block_size: int
+    want_parts: bool
+
+    @property
+    def k(self) -> int:
+        return self.plan.k
+
+    @property
+    def n1(self) -> int:
+        return self.job.x1.shape[0]
+
+    @property
+    def n2(self) -> int:
+        return self.job.n2
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(row blocks, column blocks)."""
+        return -(-self.n1 // self.block_size), -(-self.n2 // self.block_size)
+
+    def tiles(
+        self, only: Collection[tuple[int, int]] | None = None
+    ) -> Iterator[tuple[slice, slice, torch.Tensor, dict[str, torch.Tensor]]]:
+        """``(rows, cols, total, parts)`` for every tile, or for the tiles (bi, bj) in
+        ``only``, in row-major order (the order of :func:`ntk_blocks`)."""
+        return _tile_loop(self.job, self.plan, self.block_size, self.want_parts, only)
+
+
+def _source(job: _Job, block_size: int | None, want_parts: bool) -> TileSource:
+    plan, per_sample = _plan(job)
+    if block_size is None:
+        n_parts = len(plan.parts()) if want_parts else 0
+        block_size = _choose_block_size(job, per_sample, plan.k, n_parts)
+    return TileSource(job, plan, block_size, want_parts)
+
+
+def tile_source(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    compute: Literal["full", "trace", "diagonal"] = "full",
+    block_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    return_layers: bool = False,
+    batchnorm: Literal["error", "eval"] = "error",
+    conv_route: ConvRoute = "auto",
+) -> TileSource:
+    """Plan the tile stream of :func:`ntk_blocks` (same options) without running it: the
+    output count ``k``, the block size (default as in :func:`ntk_blocks`) and a producer
+    that can be restricted to a subset of tiles. No probe check is attached: a writer of
+    a subset runs :class:`lplr_fast.ntk.probe.ProbeCheck` over the union of its parts."""
+    job = _prepare(model, x1, x2, compute, "structured", dtype, batchnorm, conv_route)
+    _check_options(block_size, "off", "raise")
+    if train_mode_batchnorms(job.model) and batchnorm != "eval":
+        raise ValueError("BatchNorm in train mode: pass batchnorm='eval'")
+    return _source(job, block_size, return_layers)
+
+
+def _tile_loop(
+    job: _Job,
+    plan: Plan,
+    block_size: int,
+    want_parts: bool,
+    only: Collection[tuple[int, int]] | None,
+) -> Iterator[tuple[slice, slice, torch.Tensor, dict[str, torch.Tensor]]]:
+    names = plan.parts()
     x1, xs2 = job.x1, job.x1 if job.x2 is None else job.x2
     budget = available_memory_bytes(x1.device) // 8  # feature cache: does not change bits
     # Row blocks are visited once each, so only the column blocks are worth caching (with
@@ -426,10 +504,15 @@ def _tiles(
     cols = rows if job.symmetric else _BlockFeatures(job, plan, xs2, block_size, budget)
     n_row_blocks = -(-x1.shape[0] // block_size)
     n_col_blocks = -(-xs2.shape[0] // block_size)
+    wanted = None if only is None else set(only)
     for bi in range(n_row_blocks):
+        col_range = range(bi if job.symmetric else 0, n_col_blocks)
+        todo = [bj for bj in col_range if wanted is None or (bi, bj) in wanted]
+        if not todo:
+            continue
         f1 = rows.get(bi)
         r = slice(bi * block_size, min(x1.shape[0], (bi + 1) * block_size))
-        for bj in range(bi if job.symmetric else 0, n_col_blocks):
+        for bj in todo:
             c = slice(bj * block_size, min(xs2.shape[0], (bj + 1) * block_size))
             shape = gram_out_shape(r.stop - r.start, c.stop - c.start, plan.k, job.compute)
             zeros = dict(dtype=job.out_dtype, device=x1.device)

@@ -131,6 +131,7 @@ class _Sums:
     def __init__(self) -> None:
         self.parts: list[torch.Tensor] = []
         self.longest = 1  # most terms in one part
+        self.merged_chain: int | None = None  # set by :meth:`merged`
 
     def add(self, terms: torch.Tensor, weight: float = 1.0) -> None:
         self.parts.append(fsum(terms) * weight)  # weight 1 or 2: exact
@@ -143,7 +144,15 @@ class _Sums:
 
     @property
     def chain(self) -> int:
+        if self.merged_chain is not None:
+            return self.merged_chain
         return fold_chain(self.longest) + fold_chain(len(self.parts)) + 1
+
+    def merged(self, total: torch.Tensor, processes: int) -> None:
+        """The parts replaced by ``total``: their total summed over ``processes`` (e.g. an
+        all-reduce, which adds at most processes − 1 additions to any term's chain)."""
+        self.merged_chain = self.chain + max(0, processes - 1)
+        self.parts = [total.reshape(())]
 
 
 class ProbeCheck:
@@ -200,7 +209,7 @@ class ProbeCheck:
         self.v = self.u if v is u else v.to(dtype=self.dtype, device=device)
         self.u64 = self.u.to(torch.float64)
         self.value, self.absolute, self.square = _Sums(), _Sums(), _Sums()
-        self.group = min(k, GROUP) if compute == "full" else GROUP
+        self.group_terms = min(k, GROUP) if compute == "full" else GROUP
 
     # -- kernel side: a consumer of the tile stream ----------------------------------------
     def update(self, rows: slice, cols: slice, tile: torch.Tensor, layer: str | None = None):
@@ -229,6 +238,9 @@ class ProbeCheck:
         (``outputs`` None) one tensor of the parameter's shape; otherwise, for the outputs c
         in [c0, c1), J_c(x)ᵀw_c stacked, (c1 − c0, *shape), one batched backward per block."""
         params = self._params()
+        if x.shape[0] == 0:
+            span = () if outputs is None else (outputs[1] - outputs[0],)
+            return [p.new_zeros(*span, *p.shape) for p in params]
         total: list[torch.Tensor] | None = None
         for s in range(0, x.shape[0], self.block):
             xb, wb = x[s : s + self.block], w[s : s + self.block]
@@ -254,6 +266,11 @@ class ProbeCheck:
         index = rows.to(x.device)
         return x[index], w[index.to(w.device)]
 
+    def _output_chunk(self) -> int:
+        """Outputs per batched backward in trace / diagonal mode (cotangent budget)."""
+        width = sum(p.numel() * p.element_size() for p in self._params())
+        return max(1, min(self.k, cotangent_budget_bytes(self.x1.device) // (4 * width)))
+
     def _autograd_sums(self) -> tuple[_Sums, _Sums, _Sums]:
         """Σ a·b, ‖a‖², ‖b‖² (float64) with a = J₁ᵀu, b = J₂ᵀv (per output, then summed, in
         trace / diagonal mode), in chunks of outputs sized by the cotangent budget."""
@@ -264,8 +281,7 @@ class ProbeCheck:
         if self.compute == "full":
             spans: list[tuple[int, int] | None] = [None]
         else:
-            width = sum(p.numel() * p.element_size() for p in self._params())
-            chunk = max(1, min(self.k, cotangent_budget_bytes(self.x1.device) // (4 * width)))
+            chunk = self._output_chunk()
             spans = [(c0, min(self.k, c0 + chunk)) for c0 in range(0, self.k, chunk)]
         for span in spans:
             a = self._pull(x1, u, span)
@@ -295,7 +311,7 @@ class ProbeCheck:
         eps = torch.finfo(self.dtype).eps
         tolerance = (
             SAFETY * eps * scale
-            + LAMBDA * (self.group + 1) * (eps / 2) * root_q
+            + LAMBDA * (self.group_terms + 1) * (eps / 2) * root_q
             + _gamma(self.value.chain) * absolute
             + _gamma(max(dot.chain, norm_a.chain, norm_b.chain)) * product
         )

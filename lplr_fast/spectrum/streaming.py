@@ -146,6 +146,40 @@ class _Pending:
         return 2 * hi if self.mirrored else hi
 
 
+@dataclass
+class TileRecord:
+    """What one accepted tile added to its matrix's enclosures (see ``StreamingBounds``):
+    ``key`` (r0, r1, c0, c1) in samples, ``rows``/``cols`` the tile's 2-D size, ``diag``
+    its exact diagonal entries, ``sumsq`` / ``skew`` exact rationals, ``radii`` the row and
+    column abs sums in tile units with (max_abs, units, lossy), None for an all-zero tile."""
+
+    layer: str | None
+    k: int
+    key: tuple[int, int, int, int]
+    rows: int
+    cols: int
+    mirrored: bool
+    diagonal_block: bool
+    diag: torch.Tensor | None
+    sumsq: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0))
+    skew: Fraction = Fraction(0)
+    radii: tuple[torch.Tensor, torch.Tensor, float, int, bool] | None = None
+
+
+@dataclass
+class StreamingExport:
+    """A stream's exact statistics (``StreamingBounds.export``): its settings, its tile
+    records, ‖total − Σ parts‖_F² ≤ ``residual_sq`` over its tiles (−1: unbounded)."""
+
+    n: int
+    upper: bool
+    psd: bool
+    per_layer: bool
+    records: list[TileRecord]
+    residual_sq: Fraction
+    additivity_broken: str | None
+
+
 class StreamingBounds:
     """Accumulates bounds on the extreme eigenvalues of a symmetric (N × N) matrix from its
     tiles; N = samples × outputs per sample.
@@ -159,10 +193,19 @@ class StreamingBounds:
         per_layer: when fed by ``empirical_ntk`` / ``ntk_blocks``, also accumulate every
             module's part (for :meth:`layer_additivity_lower`); parts of a tile must be fed
             right after the tile's total.
+        record: also keep, per tile, the exact statistics it contributed (``export()``), so
+            that streams fed with disjoint sets of tiles (e.g. by several processes) can be
+            merged by :meth:`merged` into exactly the stream fed with all of them.
     """
 
     def __init__(
-        self, n: int, *, upper: bool = True, psd: bool = True, per_layer: bool = False
+        self,
+        n: int,
+        *,
+        upper: bool = True,
+        psd: bool = True,
+        per_layer: bool = False,
+        record: bool = False,
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive number of samples, got {n!r}")
@@ -174,6 +217,7 @@ class StreamingBounds:
         self._residual_sq = Fraction(0)  # finished tiles' ‖total − Σ parts‖_F²
         self._additivity_broken: str | None = None
         self.tiles = 0
+        self._records: list[TileRecord] | None = [] if record else None
 
     def expect(self, *, n1: int, n2: int, compute: str, symmetric: bool) -> None:
         """Called by the NTK tile stream before its first tile: it must be the upper triangle
@@ -218,27 +262,28 @@ class StreamingBounds:
         stats = tile_stats(t2, r0, c0)
         if stats.nonfinite:
             raise nonfinite_error(f"tile ({rows}, {cols})", stats.nonfinite)
+        record = self._measure(t2, stats, layer, k, (r0s, r1s, c0s, c1s))
         # -- accepted: commit ------------------------------------------------------------
-        self.k = k
-        if layer is None:
-            self._total = probe
-            self.tiles += 1
-        else:
-            self._layers[layer] = probe
-        probe.coverage.add(r0s, r1s, c0s, c1s)
+        self._commit(record, probe)
+        if self._records is not None:
+            self._records.append(record)
+        if self.per_layer:
+            self._track_residual(layer, record.key, t2, stats.max_abs, record.mirrored)
+
+    def _measure(self, t2, stats, layer, k, key) -> TileRecord:
+        """What one accepted tile adds to its accumulator (exact or outward-rounded)."""
+        r0s, _, c0s, _ = key
+        r0, c0 = r0s * k, c0s * k
+        r, c = t2.shape
         diagonal_block = self.upper and r0s == c0s
         mirrored = self.upper and not diagonal_block
-        self._accumulate(probe, t2, r0, c0, stats, mirrored, diagonal_block)
-        if self.per_layer:
-            self._track_residual(layer, (r0s, r1s, c0s, c1s), t2, stats.max_abs, mirrored)
-
-    def _accumulate(self, acc, t2, r0, c0, stats, mirrored, diagonal_block) -> None:
-        r, c = t2.shape
         lo, hi = max(r0, c0), min(r0 + r, c0 + c)
+        diag = None
         if lo < hi:  # the tile crosses the diagonal: keep it exactly
-            acc.diag[lo:hi] = t2.diagonal(offset=r0 - c0).to(torch.float64).cpu()
+            diag = t2.diagonal(offset=r0 - c0).to(torch.float64).cpu().clone()
+        record = TileRecord(layer, k, key, r, c, mirrored, diagonal_block, diag)
         if stats.max_abs == 0.0:
-            return
+            return record
         e = scale_exponent(stats.max_abs)
         if e != 0:  # outside the safe window: reductions of t2·2^e instead
             t2 = scale_tensor(t2, e)
@@ -248,29 +293,91 @@ class StreamingBounds:
         weight = 2 if mirrored else 1
         s_lo, s_hi = sum_bounds_fraction(stats.sumsq, depth=r * c, ops=r * c)
         s_lo, s_hi = max(Fraction(0), s_lo - Fraction(rounded)), s_hi + Fraction(rounded)
-        acc.sumsq = (
-            acc.sumsq[0] + weight * s_lo * _pow2(2 * units),
-            acc.sumsq[1] + weight * s_hi * _pow2(2 * units),
-        )
+        record.sumsq = (weight * s_lo * _pow2(2 * units), weight * s_hi * _pow2(2 * units))
         if diagonal_block:
-            acc.skew_hi += _skew_sq_upper(t2, rounded) * _pow2(2 * units)
-        self._add_radii(acc, stats, r0, c0, r, c, units, mirrored, diagonal_block, e < 0)
+            record.skew = _skew_sq_upper(t2, rounded) * _pow2(2 * units)
+        record.radii = (stats.row_abs, stats.col_abs, stats.max_abs, units, e < 0)
+        return record
 
-    def _add_radii(self, acc, stats, r0, c0, r, c, units, mirrored, diagonal_block, lossy):
-        top = math.frexp(stats.max_abs)[1]  # entries < 2^top in tile units
+    def _commit(self, record: TileRecord, acc: _Accumulator) -> None:
+        self.k = record.k
+        if record.layer is None:
+            self._total = acc
+            self.tiles += 1
+        else:
+            self._layers[record.layer] = acc
+        acc.coverage.add(*record.key)
+        r0, c0 = record.key[0] * record.k, record.key[2] * record.k
+        if record.diag is not None:
+            lo = max(r0, c0)
+            acc.diag[lo : lo + record.diag.numel()] = record.diag
+        if record.radii is None:  # an all-zero tile
+            return
+        acc.sumsq = (acc.sumsq[0] + record.sumsq[0], acc.sumsq[1] + record.sumsq[1])
+        acc.skew_hi += record.skew
+        row_abs, col_abs, max_abs, units, lossy = record.radii
+        r, c = record.rows, record.cols
+        top = math.frexp(max_abs)[1]  # entries < 2^top in tile units
         acc.raise_exponent(units + top + acc.size.bit_length() + 1)
         shift = units - (acc.exp or 0)
-        rows = scale_tensor(stats.row_abs, shift)
-        cols = scale_tensor(stats.col_abs, shift)
-        if mirrored:  # the tile and its mirror image
+        rows = scale_tensor(row_abs, shift)
+        cols = scale_tensor(col_abs, shift)
+        if record.mirrored:  # the tile and its mirror image
             acc.rad[r0 : r0 + r] += rows
             acc.rad[c0 : c0 + c] += cols
-        elif diagonal_block:
+        elif record.diagonal_block:
             acc.rad[r0 : r0 + r] += (rows + cols) * 0.5
         else:  # full mode: S's radius ≤ (row sum + column sum) / 2
             acc.rad[r0 : r0 + r] += rows * 0.5
             acc.rad[c0 : c0 + c] += cols * 0.5
         acc.rad_events += 6 + ((r + c) if lossy else 0)
+
+    # -- merging streams fed with disjoint tiles -----------------------------------------
+    def export(self) -> StreamingExport:
+        """This stream's exact per-tile statistics (needs ``record=True``): picklable, for
+        :meth:`merged`."""
+        if self._records is None:
+            raise ValueError("export() needs a StreamingBounds(..., record=True)")
+        residual = self._residual_sq
+        if residual >= 0 and self._pending is not None:
+            pending = self._pending.frob_sq_upper()
+            residual = Fraction(-1) if pending < 0 else residual + pending
+        return StreamingExport(
+            self.n, self.upper, self.psd, self.per_layer, list(self._records), residual,
+            self._additivity_broken,
+        )  # fmt: skip
+
+    @classmethod
+    def merged(cls, parts: list[StreamingExport]) -> StreamingBounds:
+        """The stream fed with the union of the parts' tiles, in row-major tile order (the
+        order of ``ntk_blocks``): bitwise the same bounds as one stream fed with all tiles in
+        that order. Parts must agree on n / upper / psd / per_layer; tiles fed to two parts
+        (overlaps) are refused, and bounds need the union to cover the matrix."""
+        if not parts:
+            raise ValueError("merged() needs at least one exported stream")
+        first = parts[0]
+        for part in parts[1:]:
+            if (part.n, part.upper, part.psd, part.per_layer) != (
+                first.n, first.upper, first.psd, first.per_layer,
+            ):  # fmt: skip
+                raise ValueError(
+                    "the streams to merge differ in n / upper / psd / per_layer: "
+                    f"{(first.n, first.upper, first.psd, first.per_layer)} vs "
+                    f"{(part.n, part.upper, part.psd, part.per_layer)}"
+                )
+        out = cls(first.n, upper=first.upper, psd=first.psd, per_layer=first.per_layer)
+        records = sorted(
+            (rec for part in parts for rec in part.records), key=lambda rec: rec.key[::2]
+        )  # stable: a tile's parts stay after its total
+        for rec in records:
+            acc = out._acc(rec.layer, rec.k)
+            acc.coverage.check(slice(*rec.key[:2]), slice(*rec.key[2:]))
+            out._commit(rec, acc)
+        residuals = [part.residual_sq for part in parts]
+        out._residual_sq = Fraction(-1) if min(residuals) < 0 else sum(residuals, Fraction(0))
+        broken = [part.additivity_broken for part in parts if part.additivity_broken]
+        out._additivity_broken = broken[0] if broken else None
+        return out
 
     def _track_residual(self, layer, key, t2, max_abs, mirrored) -> None:
         """Per-layer mode: enclose ‖total − Σ parts‖_F tile by tile (parts right after

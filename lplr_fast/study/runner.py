@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
-from ..ntk import empirical_ntk
 from ..spectrum import as_matrix, eig_bounds
 from ..training import Diagnostics, RunResult, train
 from ..training.config import loss_scale
 from ..training.io import atomic_write_csv, atomic_write_json
+from ..training.parallel import SingleProcess, current
 from .build import BuiltData, ImageCache, build_data, build_model, describe_model
 from .config import Point, StudyConfig
 from .fields import certificate_fields
@@ -107,21 +107,30 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _beta0(net: torch.nn.Module, data: BuiltData, loss: str) -> float:
-    """Certified upper bound of λ_max(Θ₀) on the PL scale of ``loss`` (all samples)."""
+def _beta0(net: torch.nn.Module, data: BuiltData, loss: str, parallel: SingleProcess) -> float:
+    """Certified upper bound of λ_max(Θ₀) on the PL scale of ``loss`` (all samples; the
+    kernel computed by all processes of ``parallel``)."""
     n, k = data.y.shape
-    kernel = as_matrix(empirical_ntk(net, data.x, dtype=torch.float64))
+    kernel = as_matrix(parallel.kernel(net, data.x, "full"))
     return eig_bounds(kernel * loss_scale(loss, n, k), which=("max",)).lambda_max_upper
 
 
-def _resolve(point: Point, pdir: Path, net: torch.nn.Module, data: BuiltData, desc: str) -> dict:
-    """resolved.json: written once, reused on resume so the run's identity never changes."""
+def _resolve(
+    point: Point,
+    pdir: Path,
+    net: torch.nn.Module,
+    data: BuiltData,
+    desc: str,
+    parallel: SingleProcess,
+) -> dict:
+    """resolved.json: written once, reused on resume so the run's identity never changes
+    (read and written by rank 0 under a launcher)."""
     path = pdir / "resolved.json"
-    saved = _read_json(path)
+    saved = parallel.share(_read_json(path) if parallel.writes else None)
     if isinstance(saved, dict) and saved.get("key") == point.key:
         return saved
     tr = point.config["train"]
-    beta0 = _beta0(net, data, tr["loss"]) if tr["lr"] == "auto" else math.nan
+    beta0 = _beta0(net, data, tr["loss"], parallel) if tr["lr"] == "auto" else math.nan
     lr = tr["lr_beta"] / beta0 if tr["lr"] == "auto" else float(tr["lr"])
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"point {point.label}: lr resolved to {lr} (β₀ = {beta0})")
@@ -134,7 +143,8 @@ def _resolve(point: Point, pdir: Path, net: torch.nn.Module, data: BuiltData, de
         "data_meta": data.meta,
         "model": desc,
     }
-    atomic_write_json(path, resolved)
+    if parallel.writes:
+        atomic_write_json(path, resolved)
     return resolved
 
 
@@ -217,7 +227,9 @@ def run_point(
     k = data.y.shape[1]
     dtype = data.x.dtype
     net = build_model(cfg["model"], data.x, k, dtype)
-    resolved = _resolve(point, pdir, net, data, describe_model(cfg["model"], net, data.x, k))
+    parallel = current()
+    desc = describe_model(cfg["model"], net, data.x, k)
+    resolved = _resolve(point, pdir, net, data, desc, parallel)
     if on_start is not None:
         on_start(point, resolved)
     tr, dg = cfg["train"], cfg["diagnostics"]
@@ -248,7 +260,8 @@ def run_point(
     if status.startswith("interrupted"):
         return None, status
     row = point_row(point, result, resolved, time.monotonic() - started)
-    atomic_write_json(pdir / "row.json", row)
+    if parallel.writes:
+        atomic_write_json(pdir / "row.json", row)
     return row, status
 
 
@@ -295,8 +308,30 @@ def run_study(
     One process at a time per folder (a lock file; a second one gets StudyLockedError)."""
     out = Path(out_dir)
     points = study.points(quick=quick)
-    with _exclusive(out):
-        return _run_points(study, out, points, quick, data_dir, device, progress)
+    parallel = current()
+    with _exclusive_shared(out, parallel):
+        return _run_points(study, out, points, quick, data_dir, device, progress, parallel)
+
+
+@contextlib.contextmanager
+def _exclusive_shared(out: Path, parallel: SingleProcess) -> Iterator[None]:
+    """:func:`_exclusive` held by rank 0 (the only writer); every rank learns whether it
+    got the lock (under a launcher, the ranks of one job share the folder)."""
+    if parallel.world == 1:
+        with _exclusive(out):
+            yield
+        return
+    with contextlib.ExitStack() as stack:
+        error = None
+        if parallel.writes:
+            try:
+                stack.enter_context(_exclusive(out))
+            except StudyLockedError as exc:
+                error = str(exc)
+        error = parallel.share(error)
+        if error is not None:
+            raise StudyLockedError(error)
+        yield
 
 
 @contextlib.contextmanager
@@ -324,20 +359,24 @@ def _run_points(
     data_dir: str | Path | None,
     device: str,
     progress: bool,
+    parallel: SingleProcess,
 ) -> StudyResult:
     from tqdm.auto import tqdm
 
     from .analysis import analyse
 
-    atomic_write_json(
-        out / "study.json",
-        {
-            **study.as_dict(),
-            "text": study.text,
-            "quick": quick,
-            "points": [{"label": p.label, "key": p.key, "folder": p.folder} for p in points],
-        },
-    )
+    writes = parallel.writes
+    progress = progress and writes
+    if writes:
+        atomic_write_json(
+            out / "study.json",
+            {
+                **study.as_dict(),
+                "text": study.text,
+                "quick": quick,
+                "points": [{"label": p.label, "key": p.key, "folder": p.folder} for p in points],
+            },
+        )
     images = ImageCache(data_dir)
     rows: list[dict[str, Any]] = []
     reused = 0
@@ -346,7 +385,7 @@ def _run_points(
     try:
         for point in points:
             pdir = out / "points" / point.folder
-            row = finished_row(point, pdir)
+            row = parallel.share(finished_row(point, pdir) if writes else None)
             if row is None:
                 bar.set_postfix_str(point.label)
                 row, run_status = run_point(
@@ -366,11 +405,13 @@ def _run_points(
             else:
                 reused += 1
             rows.append(row)
-            write_table(out, rows)
+            if writes:
+                write_table(out, rows)
             bar.update(1)
     finally:
         bar.close()
-    write_table(out, rows)
     analysis = analyse(study.analysis, rows) if status == "completed" else {}
-    atomic_write_json(out / "analysis.json", {"status": status, **analysis})
+    if writes:
+        write_table(out, rows)
+        atomic_write_json(out / "analysis.json", {"status": status, **analysis})
     return StudyResult(out, rows, status, analysis, reused)

@@ -24,12 +24,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..ntk.engine import empirical_ntk
 from ..ntk.validation import check_model, trainable_parameters
 from ..spectrum import as_matrix, eig_bounds
 from .analysis import summarise
 from .checkpoint import Checkpointer
 from .config import LOSSES, Diagnostics, loss_scale
+from .parallel import SingleProcess, current
 from .progress import Progress
 from .result import RunResult
 from .state import (
@@ -143,10 +143,12 @@ def _derive(
     loss: str,
     lr: float | str,
     lr_fraction: float,
+    parallel: SingleProcess,
 ) -> Derived:
     """θ₀, Θ₀ on the diagnostic samples with its bounds, β₀ and the step size (see
     ``state.Derived``), from the model as it is now (its initial state)."""
-    a0 = diagnostic_kernel(ctx_model, x[subset], diag, loss_scale(loss, subset.numel(), k))
+    scale = loss_scale(loss, subset.numel(), k)
+    a0 = diagnostic_kernel(ctx_model, x[subset], diag, scale, parallel)
     if not bool(torch.isfinite(a0).all()):
         raise ValueError("the model's NTK at initialisation is not finite")
     bounds0 = bounds_dict(kernel_bounds(a0, diag))
@@ -154,7 +156,7 @@ def _derive(
     if same_kernel and diag.bounds == "certified":
         beta0 = bounds0["lambda_max_upper"]
     else:  # β₀ of the whole training set's full kernel, certified
-        full = as_matrix(empirical_ntk(ctx_model, x, dtype=torch.float64))
+        full = as_matrix(parallel.kernel(ctx_model, x, "full"))
         beta0 = eig_bounds(full * loss_scale(loss, x.shape[0], k), which=("max",)).lambda_max_upper
     lr_used = lr_fraction / beta0 if lr == "auto" else float(lr)
     if not (math.isfinite(lr_used) and lr_used > 0):
@@ -238,6 +240,12 @@ def train(
         returns the partial result (status "interrupted at step t"); a second Ctrl-C aborts
         at once. Same inputs, machine and thread count → bitwise the same history, whether
         the run was interrupted and resumed or not.
+
+    Under torch.distributed (e.g. ``torchrun --nproc_per_node=N``, a process group of two or
+    more ranks initialised) every rank calls ``train`` with the same arguments and the run
+    is data-parallel (``lplr_fast.distributed.training``): each loss is split over the
+    ranks and the gradients all-reduced, NTK diagnostics use the distributed tile stream,
+    only rank 0 writes ``out_dir``, and every rank returns the same result.
     """
     diag = diagnostics or Diagnostics()
     lr = lr if lr == "auto" else _real(lr, "lr")
@@ -266,15 +274,18 @@ def train(
         "checkpoint_every": every_ckpt,
     }  # fmt: skip
     identity = _identity(requested, x, y, k, subset, params_by_name)
+    parallel = current()
+    parallel.agree((identity, flat_parameters(params).cpu()), "run (arguments, data, model)")
     opt = torch.optim.SGD(params, lr=1.0, momentum=momentum)  # lr set once derived
     gen = torch.Generator().manual_seed(seed)
-    store = Checkpointer(out_dir, identity, device) if out_dir is not None else None
+    writes = out_dir is not None and parallel.writes
+    store = Checkpointer(out_dir, identity, device) if writes else None
     with store.locked() if store is not None else contextlib.nullcontext():
-        state, derived = _start(store, resume, model, params, opt, gen)
+        state, derived = _start(store, resume, model, params, opt, gen, parallel)
         if state is not None and _finished(state, steps):
             return _result(state, identity, derived, diag, out_dir)  # nothing to do
         if derived is None:
-            derived = _derive(model, params, x, subset, k, diag, loss, lr, lr_fraction)
+            derived = _derive(model, params, x, subset, k, diag, loss, lr, lr_fraction, parallel)
             if store is not None:
                 store.save_derived(derived)
         for group in opt.param_groups:
@@ -282,6 +293,7 @@ def train(
         ctx = StepContext(
             model, params, opt, gen, x, y.reshape(-1, k).to(dtype=params[0].dtype),
             subset.to(device), optimizer, batch_size, loss, l_star, steps, diag, derived,
+            parallel,
         )  # fmt: skip
         state = _resumable(state, steps)
         _run(ctx, state, store, every_ckpt, progress, on_step, identity)
@@ -325,15 +337,73 @@ def _start(
     params: list[torch.Tensor],
     opt: torch.optim.Optimizer,
     gen: torch.Generator,
+    parallel: SingleProcess,
 ) -> tuple[RunState | None, Derived | None]:
     """The saved state and derived values to continue from (None, None for a fresh run);
-    the model, optimizer and generator are restored in place."""
+    the model, optimizer and generator are restored in place. With several processes rank 0
+    reads the folder and the others receive what it found."""
+    if parallel.world > 1:
+        found = _load_start(store, resume, model, params, opt, gen) if parallel.writes else None
+        found = parallel.share(_to_cpu(found))
+        if isinstance(found, Exception):
+            raise found
+        if found is None:
+            return None, None
+        state, derived, saved = found
+        if saved is not None and not parallel.writes:
+            _restore(saved, model, opt, gen)
+        device = params[0].device
+        if derived is not None:
+            derived = Derived(**{
+                k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(derived).items()
+            })  # fmt: skip
+        return state, derived
+    found = _read_start(store, resume, model, params, opt, gen)
+    return (None, None) if found is None else (found[0], found[1])
+
+
+def _to_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it moved to the CPU (to share it between ranks)."""
+    if torch.is_tensor(value):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    if isinstance(value, Derived | RunState):
+        return type(value)(**{k: _to_cpu(v) for k, v in vars(value).items()})
+    return value
+
+
+def _restore(saved: dict[str, Any], model: nn.Module, opt, gen: torch.Generator) -> None:
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    gen.set_state(saved["generator"].cpu())
+
+
+def _load_start(
+    store: Checkpointer | None,
+    resume: bool,
+    model: nn.Module,
+    params: list[torch.Tensor],
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> Any:
+    """(state, derived, saved checkpoint) from the folder, None for a fresh run, or the
+    error that reading it raised (returned, so that rank 0 can share it before raising)."""
+    try:
+        return _read_start(store, resume, model, params, opt, gen)
+    except (ValueError, RuntimeError, OSError) as exc:
+        return exc
+
+
+def _read_start(store, resume, model, params, opt, gen):
     if store is None:
-        return None, None
+        return None
     store.open()
     if not resume:
         store.start_over()
-        return None, None
+        return None
     derived = store.load_derived()
     saved = store.load_checkpoint()
     if saved is None:
@@ -343,11 +413,9 @@ def _start(
                 "from its initial ones; pass the same initial model, another out_dir, or "
                 "resume=False"
             )
-        return None, derived
-    model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
-    gen.set_state(saved["generator"].cpu())
-    return saved["state"], derived
+        return None, derived, None
+    _restore(saved, model, opt, gen)
+    return saved["state"], derived, saved
 
 
 def _resumable(state: RunState | None, steps: int) -> RunState:
@@ -376,7 +444,7 @@ def _run(
 ) -> None:
     """Steps from ``state.next_step`` until the run ends or is stopped; checkpoints at step
     boundaries. On return ``state`` is the state to store and report."""
-    bar = Progress(ctx.steps, progress)
+    bar = Progress(ctx.steps, progress and ctx.parallel.writes)
     start = state.next_step
 
     def checkpoint(saved: RunState) -> None:
@@ -392,12 +460,15 @@ def _run(
     with _stop_on_sigint() as stop_requested:
         for step in range(start, ctx.steps + 1):
             state.next_step = step
+            stop = False
             try:
                 if stop_requested.is_set():
                     raise StopTraining
                 if on_step is not None:
                     on_step(step)
             except (StopTraining, KeyboardInterrupt):
+                stop = True
+            if ctx.parallel.any(stop):  # every process stops at the same step
                 state.status = f"interrupted at step {step}"
                 break
             if step > start and step % every_ckpt == 0:

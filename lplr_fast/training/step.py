@@ -8,15 +8,15 @@ updates the :class:`RunState` explicitly and takes the optimizer step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..ntk.engine import empirical_ntk
 from ..spectrum import SpectrumBounds, as_matrix, eig_bounds, ntk_distance
 from .config import Diagnostics, loss_scale, loss_value
+from .parallel import SingleProcess
 from .state import Derived, RunState, flat_parameters
 
 BOUND_KEYS = ("lambda_min_lower", "lambda_min_upper", "lambda_max_lower", "lambda_max_upper")
@@ -41,6 +41,7 @@ class StepContext:
     steps: int
     diag: Diagnostics
     derived: Derived
+    parallel: SingleProcess = field(default_factory=SingleProcess)
 
     @property
     def n(self) -> int:
@@ -98,9 +99,16 @@ def bounds_dict(b: SpectrumBounds) -> dict[str, float]:
 
 
 # -- kernels -------------------------------------------------------------------------------
-def diagnostic_kernel(model: nn.Module, xs: torch.Tensor, diag: Diagnostics, scale: float):
-    """Θ on the diagnostic samples, float64, PL scale: a matrix ("full") or trace kernel."""
-    kernel = empirical_ntk(model, xs, compute=diag.ntk_compute, dtype=torch.float64)
+def diagnostic_kernel(
+    model: nn.Module,
+    xs: torch.Tensor,
+    diag: Diagnostics,
+    scale: float,
+    parallel: SingleProcess | None = None,
+):
+    """Θ on the diagnostic samples, float64, PL scale: a matrix ("full") or trace kernel
+    (computed by all processes of ``parallel``, the same on each)."""
+    kernel = (parallel or SingleProcess()).kernel(model, xs, diag.ntk_compute)
     return (as_matrix(kernel) if diag.ntk_compute == "full" else kernel) * scale
 
 
@@ -123,14 +131,26 @@ def _grad_sq(params: list[torch.Tensor]) -> float:
     return float(total)
 
 
+def _loss_and_grad(ctx: StepContext, idx: torch.Tensor | None) -> float:
+    """The loss over the samples ``idx`` (all when None) with its gradient left in the
+    parameters; each process runs its share of the samples and the shares are summed."""
+    ctx.optimizer.zero_grad(set_to_none=True)
+    count = ctx.n if idx is None else len(idx)
+    scale = loss_scale(ctx.loss, count, ctx.k)
+    rows = ctx.parallel.rows(count)
+    value = torch.zeros((), dtype=ctx.y.dtype, device=ctx.y.device)
+    if rows.stop > rows.start:
+        sel = rows if idx is None else idx[rows]
+        value = loss_value(ctx.model(ctx.x[sel]).reshape(-1, ctx.k) - ctx.y[sel], scale)
+        value.backward()
+    return ctx.parallel.reduce_loss_and_grads(value, ctx.params)
+
+
 def _full_batch(ctx: StepContext, want_grad_sq: bool) -> tuple[float, float]:
     """Full-batch loss and (when wanted, else NaN) ‖∇L‖², leaving the gradient in the
     parameters. Only these scalars leave the device."""
-    ctx.optimizer.zero_grad(set_to_none=True)
-    scale = loss_scale(ctx.loss, ctx.n, ctx.k)
-    value = loss_value(ctx.model(ctx.x).reshape(ctx.n, ctx.k) - ctx.y, scale)
-    value.backward()
-    return float(value.detach()), _grad_sq(ctx.params) if want_grad_sq else math.nan
+    value = _loss_and_grad(ctx, None)
+    return value, _grad_sq(ctx.params) if want_grad_sq else math.nan
 
 
 def _ntk_columns(ctx: StepContext, state: RunState, step: int, drift: float) -> dict[str, Any]:
@@ -139,7 +159,7 @@ def _ntk_columns(ctx: StepContext, state: RunState, step: int, drift: float) -> 
         a, bounds = derived.kernel0, derived.bounds0
     else:
         scale = loss_scale(ctx.loss, ctx.subset.numel(), ctx.k)
-        a = diagnostic_kernel(ctx.model, ctx.x[ctx.subset], ctx.diag, scale)
+        a = diagnostic_kernel(ctx.model, ctx.x[ctx.subset], ctx.diag, scale, ctx.parallel)
         bounds = bounds_dict(kernel_bounds(a, ctx.diag))
     drift_op = ntk_distance(derived.kernel0, a).value
     drift_fro = ntk_distance(derived.kernel0, a, "fro").value
@@ -184,11 +204,7 @@ def take_step(ctx: StepContext, state: RunState, step: int) -> StepOutcome:
         return StepOutcome(False, "completed")
     if ctx.kind == "sgd":
         idx = _next_batch(ctx, state)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        scale = loss_scale(ctx.loss, len(idx), ctx.k)
-        batch = loss_value(ctx.model(ctx.x[idx]).reshape(len(idx), ctx.k) - ctx.y[idx], scale)
-        batch.backward()
-        batch_loss = float(batch.detach())
+        batch_loss = _loss_and_grad(ctx, idx)
         if log:
             state.history[-1]["batch_loss"] = batch_loss
             state.history[-1]["batch_grad_norm_sq"] = _grad_sq(ctx.params)
