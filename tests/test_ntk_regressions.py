@@ -175,6 +175,21 @@ def test_3_backward_coupling_gives_the_per_sample_kernel_for_any_block(name):
             assert rel(got, reduce(ref, compute)) <= 1e-10, (bs, compute)
 
 
+def test_3_token_repeats_only_after_the_validation_rows():
+    """The first samples share no token (the batch's counts equal each sample's there), later
+    ones do: still each sample's own gradient, in every mode and block size."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Embedding(40, 3, scale_grad_by_freq=True), nn.Flatten(), nn.Tanh(), nn.Linear(12, K)
+    ).double()
+    x = torch.cat([torch.arange(16).view(4, 4), torch.tensor([[0, 1, 1, 2], [1, 2, 0, 0]])])
+    ref = per_sample_ntk(model, x)
+    for bs in (None, 2, 6):
+        for compute in MODES:
+            got = empirical_ntk(model, x, compute=compute, block_size=bs)
+            assert rel(got, reduce(ref, compute)) <= 1e-10, (bs, compute)
+
+
 # -- 4: buffers restored once per forward, not before every module call ------------------------
 
 

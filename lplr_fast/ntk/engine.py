@@ -215,6 +215,9 @@ def _verify_routes(job: _Job, plan: Plan) -> int:
         "its gradient differs from its module's rule (used outside the module's call, or "
         "the module's forward is not what its rule assumes)"
     )
+    # Known couplers are per-sample whatever the validation rows show (their tokens may
+    # repeat only across later samples).
+    plan.per_sample = plan.per_sample or _scales_grad_by_frequency(job.model)
     for (q, p, routed, _), (route_diff, coupling_diff, scale) in zip(checks, diffs, strict=True):
         if not coupling_diff <= PLAN_SAFETY * eps * scale:
             plan.per_sample = True
@@ -222,6 +225,14 @@ def _verify_routes(job: _Job, plan: Plan) -> int:
             plan.move_to_generic(q, p, q.rpartition(".")[0], why)
     nbytes = sum(feature_bytes_per_sample(g.features) for g in groups)
     return max(1, nbytes)
+
+
+def _scales_grad_by_frequency(model: nn.Module) -> bool:
+    """Whether an embedding's backward scales by token counts in the batch."""
+    return any(
+        isinstance(m, nn.Embedding | nn.EmbeddingBag) and getattr(m, "scale_grad_by_freq", False)
+        for m in model.modules()
+    )
 
 
 def _single_sample_gradients(
