@@ -1,8 +1,9 @@
 """Cost of the probe self-check, as ratios to the same call with ``verify="off"``:
 
     python -m benchmarks.probe_cost [--n 256] [--width 512] [--k 10] [--repeat 3]
+                                    [--modes full,trace,diagonal]
 
-For each of compute = full / trace / diagonal, runs empirical_ntk with verify = "off",
+For each mode (compute = full / trace / diagonal), runs empirical_ntk with verify = "off",
 "sampled" and "probe" (the default, every sample probed), interleaved, and prints one JSON
 line per mode: median seconds per setting and the ratios probe/off, sampled/off. Ratios only:
 absolute times depend on the machine and its load.
@@ -49,9 +50,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--modes", default="full,trace,diagonal")
     args = parser.parse_args()
     model, x = model_and_data(args.n, args.width, args.k)
-    for compute in ("full", "trace", "diagonal"):
+    for compute in args.modes.split(","):
         med = median_seconds(model, x, compute, args.repeat)
         print(
             json.dumps(
