@@ -190,6 +190,59 @@ def test_3_token_repeats_only_after_the_validation_rows():
             assert rel(got, reduce(ref, compute)) <= 1e-10, (bs, compute)
 
 
+class MixFlagged(torch.autograd.Function):
+    """Identity forward; the backward mixes the cotangents of the flagged samples of the batch
+    (a coupling that the first samples, all unflagged, do not show)."""
+
+    @staticmethod
+    def forward(ctx, h, flag):
+        ctx.save_for_backward(flag)
+        return h.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (flag,) = ctx.saved_tensors
+        f = flag[:, None].to(g.dtype)
+        return g + 0.5 * f * ((f * g).sum(dim=0, keepdim=True) - g), None
+
+
+class FlaggedCoupling(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, K)
+
+    def forward(self, x):
+        h = MixFlagged.apply(torch.tanh(self.a(x)), x[:, 0] > 3.0)
+        return self.out(torch.tanh(self.b(h)))
+
+
+def test_3_backward_coupling_beyond_the_validation_rows_is_flagged():
+    """Flagged rows 9 and 13 share the engine's block [8, 16) and the first rows (the routing
+    check's) are unflagged: the kernel is wrong there, the probe says so in every mode, and
+    the fallback (per-sample Jacobians) is exact."""
+    torch.manual_seed(0)
+    model = FlaggedCoupling().double()
+    x = outlier_inputs(20, [9, 13], seed=14)
+    ref = per_sample_ntk(model, x)
+    for compute in MODES:
+        wrong = empirical_ntk(model, x, compute=compute, block_size=8, verify="off")
+        assert rel(wrong, reduce(ref, compute)) > 1e-3
+        with pytest.raises(ProbeMismatchError):
+            empirical_ntk(model, x, compute=compute, block_size=8)
+        with pytest.warns(RuntimeWarning, match="Falling back"):
+            got = empirical_ntk(model, x, compute=compute, block_size=8, on_mismatch="fallback")
+        assert rel(got, reduce(ref, compute)) <= 1e-10
+
+
+def test_probe_blocks_are_offset_from_the_engines():
+    """Defensive: a backward coupling inside a block would give both sides the same coupled
+    sums if the probe's blocks were the engine's."""
+    assert probe._block_starts(20, 8) == [0, 4, 12]
+    assert probe._block_starts(5, 8) == [0, 2]
+    assert probe._block_starts(1, 8) == [0]
+    assert probe._block_starts(3, 1) == [0, 1, 2]
+
+
 # -- 4: buffers restored once per forward, not before every module call ------------------------
 
 

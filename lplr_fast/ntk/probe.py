@@ -159,7 +159,8 @@ class _Sums:
 class ProbeCheck:
     """Consumer of the tile stream (``update``) plus the autograd side (``finish``).
 
-    ``block_size``: samples per forward on the autograd side (the engine's block);
+    ``block_size``: samples per forward on the autograd side (the engine's block, offset:
+    :func:`_block_starts`);
     ``per_sample``: one sample per forward instead (models whose backward pass couples the
     samples of a batch, where the NTK is that of each sample's own gradient)."""
 
@@ -243,10 +244,11 @@ class ProbeCheck:
             span = () if outputs is None else (outputs[1] - outputs[0],)
             return [p.new_zeros(*span, *p.shape) for p in params]
         total: list[torch.Tensor] | None = None
-        for s in range(0, x.shape[0], self.block):
-            xb, wb = x[s : s + self.block], w[s : s + self.block]
+        starts = _block_starts(x.shape[0], self.block)
+        for s, e in zip(starts, [*starts[1:], x.shape[0]], strict=True):
+            xb, wb = x[s:e], w[s:e]
             with forward_context(self.model, self.bn_eval, self.guard):
-                flat = model_output(self.model, xb.clone())
+                flat = model_output(self.model, xb)
                 if outputs is None:
                     grads = torch.autograd.grad(flat, params, wb, allow_unused=True)
                     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(
@@ -321,6 +323,17 @@ class ProbeCheck:
         if not report.passed:  # also NaN / Inf
             raise ProbeMismatchError(_message(report, self.compute))
         return report
+
+
+def _block_starts(n: int, block: int) -> list[int]:
+    """Starts of the autograd side's blocks of at most ``block`` samples: a first block of
+    half that, then full ones, so that (for n > 1) no block is one of the engine's, which
+    start at multiples of the block size. A backward pass that couples the samples of a
+    block, unseen by the routing check, then gives the two sides different sums."""
+    if block <= 1:
+        return list(range(n))
+    half = max(1, min(block, n) // 2)
+    return [0, *range(half, n, block)]
 
 
 def _output_seeds(flat: torch.Tensor, w: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
