@@ -293,3 +293,25 @@ def test_benchmark_group_smoke():
     rows: list[dict] = []
     group_distributed(torch.device("cpu"), rows, True, 0.0, smoke=True)
     assert len(rows) == 5 and all(r["median_s"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("compute", ["full", "trace", "diagonal"])
+def test_sharded_probe_covers_every_sample_and_takes_the_verify_options(tmp_path, compute):
+    """One process: a kernel wrong only on samples the routing check does not see is caught
+    in every mode (review 11, item 2); "sampled" / "off" accepted, anything else refused."""
+    from tests.test_ntk_regressions import outlier_inputs
+    from tests.zoo import OutlierHead
+
+    torch.manual_seed(0)
+    model = OutlierHead().double()
+    x = outlier_inputs(20, [11, 17], seed=4)
+    with pytest.raises(lplr_fast.ProbeMismatchError):
+        D.empirical_ntk(model, x, store=tmp_path / "a", compute=compute, block_size=8)
+    res = D.empirical_ntk(model, x, store=tmp_path / "b", compute=compute, verify="off")
+    assert res.probe is None
+    model, x = small()
+    res = D.empirical_ntk(model, x, store=tmp_path / "c", compute=compute, verify="sampled")
+    assert res.probe.passed
+    assert res.probe.samples == (9 if compute == "full" else 4)
+    with pytest.raises(ValueError, match="verify must be"):
+        D.empirical_ntk(model, x, store=tmp_path / "d", compute=compute, verify="Probe")

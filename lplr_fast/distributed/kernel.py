@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..ntk.engine import TileSource, tile_source
+from ..ntk.engine import VERIFY_OPTIONS, TileSource, tile_source
 from ..ntk.probe import ProbeMismatchError, ProbeReport
 from ..spectrum import SpectrumBounds, StreamingBounds
 from .fingerprint import data_fingerprint, model_fingerprint
@@ -171,15 +171,18 @@ def _stored_block_size(path: str | Path, group: Any) -> int | None:
 
 
 def _consumers(src: TileSource, bounds: bool, verify: str, group: Any) -> tuple[Any, Any]:
+    if verify not in VERIFY_OPTIONS:
+        raise ValueError(f"verify must be one of {VERIFY_OPTIONS}, got {verify!r}")
     job = src.job
     stream = None
     if bounds and job.symmetric and job.compute != "diagonal":
         stream = StreamingBounds(src.n1, record=True)
     probe = None
-    if verify == "probe":
+    if verify != "off":
         probe = ShardedProbe(
             job.model, job.x1, job.x2, compute=job.compute, k=src.k, bn_eval=job.bn_eval,
-            guard=job.guard, block_size=src.block_size, group=group,
+            guard=job.guard, block_size=src.block_size, per_sample=src.plan.per_sample,
+            coverage="sampled" if verify == "sampled" else "all", group=group,
         )  # fmt: skip
     return stream, probe
 
@@ -256,7 +259,7 @@ def empirical_ntk(
     conv_route: Literal["auto", "ghost", "materialize"] = "auto",
     backend: Backend = "npy",
     bounds: bool = True,
-    verify: Literal["probe", "off"] = "probe",
+    verify: Literal["probe", "sampled", "off"] = "probe",
     on_corrupt: Literal["raise", "recompute"] = "raise",
     progress: bool = False,
     timeout: datetime.timedelta | None = None,
@@ -282,8 +285,9 @@ def empirical_ntk(
             (:mod:`.store`).
         bounds: merge the ranks' exact streaming statistics into certified bounds
             (x2 = None and compute "full" or "trace" only).
-        verify: "probe" runs the random-probe check over all tiles (sharded; raises
-            :class:`lplr_fast.ProbeMismatchError` on every rank if the kernel is wrong).
+        verify: "probe" runs the random-probe check over all tiles and samples (sharded;
+            raises :class:`lplr_fast.ProbeMismatchError` on every rank if the kernel is
+            wrong); "sampled" and "off" as for :func:`lplr_fast.empirical_ntk`.
         on_corrupt: a finished tile whose bytes no longer match their sha256: "raise"
             (:class:`StoreError`) or "recompute" it.
         progress: a progress bar of rank 0's tiles on stderr.
@@ -303,6 +307,8 @@ def empirical_ntk(
     started = time.perf_counter()
     if on_corrupt not in ("raise", "recompute"):
         raise ValueError(f"on_corrupt must be 'raise' or 'recompute', got {on_corrupt!r}")
+    if verify not in VERIFY_OPTIONS:
+        raise ValueError(f"verify must be one of {VERIFY_OPTIONS}, got {verify!r}")
     if isinstance(timeout, int | float):
         timeout = datetime.timedelta(seconds=timeout)
     rank, world = rank_and_size(group)
