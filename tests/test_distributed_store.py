@@ -44,6 +44,26 @@ def test_fingerprint_sees_python_attributes_the_forward_reads():
     assert model_fingerprint(a) != model_fingerprint(b)
 
 
+def test_fingerprint_sees_functions_kept_as_attributes():
+    import functools
+
+    def with_act(act) -> nn.Module:
+        m = ntk_mlp(1.0)
+        m.extra = act
+        return m
+
+    def scaled(c):
+        return lambda h: h * c
+
+    assert model_fingerprint(with_act(torch.tanh)) != model_fingerprint(with_act(torch.sigmoid))
+    assert model_fingerprint(with_act(scaled(1.0))) != model_fingerprint(with_act(scaled(2.0)))
+    assert model_fingerprint(with_act(scaled(1.0))) == model_fingerprint(with_act(scaled(1.0)))
+    clamp = functools.partial
+    assert model_fingerprint(with_act(clamp(torch.clamp, min=0.0))) != model_fingerprint(
+        with_act(clamp(torch.clamp, min=1.0))
+    )
+
+
 def test_fingerprint_is_the_same_in_a_fresh_process():
     code = textwrap.dedent("""
         import torch

@@ -7,7 +7,8 @@ The model's Python state: every entry of every submodule's ``__dict__`` that ``n
 does not manage itself (``input_scales = [0.5, 1.0]``, ``self.act = "tanh"``, a tensor kept as
 a plain attribute, a function), serialised deterministically: numbers exactly (floats as
 ``float.hex``), strings, None, tuples/lists/dicts/sets of those, tensors by their bytes,
-functions and classes by their qualified name, other objects by their type and their own
+classes by their qualified name, functions by name, constants, defaults and captured values
+(``functools.partial`` by function and arguments), other objects by their type and their own
 ``__dict__`` (or, lacking one, their ``repr`` without memory addresses). Forward hooks are
 named too. State the fingerprint cannot see (globals, closures' captured values, a C
 extension's hidden fields) is caught instead by the numerical check of a reused store
@@ -17,6 +18,7 @@ extension's hidden fields) is caught instead by the numerical check of a reused 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import re
 import types
@@ -77,7 +79,12 @@ def plain_state(value: Any, depth: int = 0) -> Any:
         return ("dict", sorted(items, key=repr))
     if isinstance(value, set | frozenset):
         return ("set", sorted((plain_state(v, depth + 1) for v in value), key=repr))
-    if isinstance(value, types.FunctionType | types.BuiltinFunctionType | type):
+    if isinstance(value, types.FunctionType):
+        return _function_state(value, depth)
+    if isinstance(value, functools.partial):
+        parts = (value.func, value.args, value.keywords)
+        return ("partial", plain_state(parts, depth + 1))
+    if isinstance(value, types.BuiltinFunctionType | type):
         return ("callable", _qualname(value))
     if isinstance(value, types.MethodType):
         return ("method", _qualname(value.__func__), plain_state(value.__self__, depth + 1))
@@ -85,6 +92,22 @@ def plain_state(value: Any, depth: int = 0) -> Any:
     if isinstance(state, dict) and not isinstance(value, types.ModuleType):
         return ("object", _qualname(type(value)), plain_state(state, depth + 1))
     return ("repr", _qualname(type(value)), _ADDRESS.sub("", repr(value)))
+
+
+def _function_state(fn: types.FunctionType, depth: int) -> Any:
+    """A Python function by name, constants, defaults and captured values (so that
+    ``lambda h: h * 2.0`` and ``lambda h: h * 3.0`` differ); its byte code and source
+    location are left out (they change with the Python version and install path)."""
+    code = fn.__code__
+    consts = [c for c in code.co_consts if not isinstance(c, types.CodeType)]
+    cells = []
+    for cell in fn.__closure__ or ():
+        try:
+            cells.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            cells.append(None)
+    parts = (consts, fn.__defaults__, fn.__kwdefaults__, cells)
+    return ("function", _qualname(fn), plain_state(parts, depth + 1))
 
 
 def module_state(module: nn.Module) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from ..training.io import atomic_write_bytes, atomic_write_json
 from .schedule import Tile, TileGrid
 
 FORMAT = "lplr-fast ntk store"
-VERSION = 1
+VERSION = 2  # 2: the model fingerprint covers the modules' Python state (stores of 1 differ)
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 Backend = Literal["npy", "zarr"]
