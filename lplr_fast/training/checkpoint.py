@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover (Windows)
 
 from .io import atomic_torch_save
 from .result import CHECKPOINT, CONFIG_JSON, HISTORY_CSV, HISTORY_JSON, SUMMARY_CSV, SUMMARY_JSON
-from .state import FORMAT, Derived, RunState, identity_changes
+from .state import FORMAT, Derived, RunState, describe_changes, identity_changes
 
 DERIVED = "derived.pt"
 LOCK = "run.lock"
@@ -105,7 +105,7 @@ class Checkpointer:
         changed = identity_changes(saved["identity"], self.identity)
         if changed:
             raise ValueError(
-                f"{path} belongs to a different run (differs in {', '.join(changed)}); use "
+                f"{path} belongs to a different run (differs in {describe_changes(changed)}); use "
                 "another out_dir or resume=False to start over"
             )
         return saved

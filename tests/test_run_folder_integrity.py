@@ -1,0 +1,130 @@
+"""A run folder answers only for its own run: another initial model or other data is refused
+(the caller's model untouched), damaged files are detected by their digest and named."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lplr_fast import Diagnostics, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 1)).double()
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=gen, dtype=torch.float64)
+    return x, torch.randn(16, 1, generator=gen, dtype=torch.float64)
+
+
+def run(model: nn.Module, out: Path | None, steps: int = 10, **kwargs):
+    x, y = kwargs.pop("xy", data())
+    diag = Diagnostics(every=1, ntk_every=5)
+    return train(model, x, y, lr="auto", steps=steps, diagnostics=diag, out_dir=out, **kwargs)
+
+
+def _stop_at(step_to_stop: int):
+    def on_step(step: int) -> None:
+        if step == step_to_stop:
+            from lplr_fast.training import StopTraining
+
+            raise StopTraining
+
+    return on_step
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_other_initial_model_is_refused_and_left_untouched(tmp_path, interrupted):
+    on_step = _stop_at(7) if interrupted else None
+    run(mlp(0), tmp_path, on_step=on_step)
+    other = mlp(1)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match=r"model_state \(the model's initial weights"):
+        run(other, tmp_path)
+    after = other.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items()), "folder's weights loaded"
+    alone = run(mlp(1), None)
+    assert run(mlp(0), tmp_path).history[0]["loss"] != alone.history[0]["loss"]
+
+
+def test_other_buffers_are_refused(tmp_path):
+    model = mlp(0)
+    model.register_buffer("scale", torch.ones(3))
+    run(model, tmp_path, steps=3)
+    changed = mlp(0)
+    changed.register_buffer("scale", torch.ones(3))
+    changed.scale[1] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
+    with pytest.raises(ValueError, match="model_state"):
+        run(changed, tmp_path, steps=3)
+
+
+def test_other_data_is_refused_bitwise(tmp_path):
+    x, y = data()
+    run(mlp(0), tmp_path, steps=3, xy=(x, y))
+    y2 = y.clone()
+    y2[3] = torch.nextafter(y2[3], torch.full_like(y2[3], 1e9))  # one ulp
+    with pytest.raises(ValueError, match=r"data_fingerprint \(the data"):
+        run(mlp(0), tmp_path, steps=3, xy=(x, y2))
+
+
+SMALL_RUN = """
+[data]
+dataset = "teacher"
+n = 12
+
+[model]
+width = 32
+seed = {seed}
+
+[train]
+lr = "auto"
+steps = 12
+
+[diagnostics]
+ntk_every = 4
+"""
+
+
+def cli(config: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "lplr_fast.cli",
+        "train",
+        str(config),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def small_config(folder: Path, seed: int = 0) -> Path:
+    path = folder / f"run{seed}.toml"
+    path.write_text(SMALL_RUN.format(seed=seed))
+    return path
+
+
+def test_cli_other_model_seed_is_refused(tmp_path):
+    out = tmp_path / "out"
+    first = cli(small_config(tmp_path, 0), out)
+    assert first.returncode == 0, first.stderr
+    history = (out / "history.json").read_bytes()
+    assert json.loads((out / "config.json").read_text())["model_state"]  # recorded
+    refused = cli(small_config(tmp_path, 1), out)
+    assert refused.returncode == 2, refused.stderr
+    assert "initial weights" in refused.stderr and "Traceback" not in refused.stderr
+    assert (out / "history.json").read_bytes() == history
