@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -128,3 +131,70 @@ def test_cli_other_model_seed_is_refused(tmp_path):
     assert refused.returncode == 2, refused.stderr
     assert "initial weights" in refused.stderr and "Traceback" not in refused.stderr
     assert (out / "history.json").read_bytes() == history
+
+
+def _flip_in_largest_tensor(path: Path) -> None:
+    """Flip one bit in the middle of the largest tensor payload of a torch.save zip (found
+    by its bytes, so any header in front of the zip does not matter)."""
+    raw = bytearray(path.read_bytes())
+    start = raw.find(b"PK\x03\x04")
+    with zipfile.ZipFile(io.BytesIO(bytes(raw[start:]))) as archive:
+        member = max(
+            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
+        )
+        payload = archive.read(member)
+    offset = raw.find(payload)
+    assert offset > 0 and len(payload) > 64
+    raw[offset + len(payload) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "derived.pt"])
+def test_flipped_bit_in_a_run_file_is_named_not_used(tmp_path, name):
+    full = run(mlp(0), None, steps=12)
+    run(mlp(0), tmp_path, steps=12, on_step=_stop_at(8))
+    _flip_in_largest_tensor(tmp_path / name)
+    with pytest.raises(ValueError, match=rf"{name} is damaged: .*sha256.*delete") as info:
+        run(mlp(0), tmp_path, steps=12)
+    # the advice works: the run restarts and gives the uninterrupted history
+    if name == "checkpoint.pt":
+        (tmp_path / name).unlink()
+    else:
+        assert "checkpoint.pt" in str(info.value)
+        (tmp_path / "derived.pt").unlink()
+        (tmp_path / "checkpoint.pt").unlink()
+    again = run(mlp(0), tmp_path, steps=12)
+    assert json.dumps(again.history) == json.dumps(full.history)
+
+
+def _checkpointed_folder(tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    config = small_config(tmp_path)
+    done = cli(config, out)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [("checkpoint.pt", "half"), ("checkpoint.pt", "empty"), ("derived.pt", "ninety")],
+)
+def test_cli_truncated_run_file_is_a_clear_error(tmp_path, name, damage):
+    out = _checkpointed_folder(tmp_path)
+    path = out / name
+    raw = path.read_bytes()
+    keep = {"half": len(raw) // 2, "empty": 0, "ninety": len(raw) * 9 // 10}[damage]
+    path.write_bytes(raw[:keep])
+    result = cli(small_config(tmp_path), out)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{path} is damaged" in result.stderr and "delete" in result.stderr
+
+
+def test_cli_folder_in_use_is_a_clear_error(tmp_path):
+    out = _checkpointed_folder(tmp_path)
+    with open(out / "run.lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = cli(small_config(tmp_path), out)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "in use by another running process" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -80,7 +81,48 @@ def atomic_write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+_MAGIC = b"lplr_fast run file 1\nsha256 "  # then 64 hex digits, a newline, torch.save bytes
+_HEADER = len(_MAGIC) + 65
+
+
+class DamagedFileError(ValueError):
+    """A file written by :func:`atomic_torch_save` that cannot be trusted: truncated, empty,
+    not ours, or its bytes no longer match the digest written with them. ``path``: the file;
+    ``problem``: what is wrong with it."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} is damaged: {problem}")
+        self.path, self.problem = path, problem
+
+
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    """``torch.save(obj)`` behind a header holding the sha256 of its bytes, written atomically
+    as one file (the digest can never be out of step with the data it covers)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    body = buf.getvalue()
+    digest = hashlib.sha256(body).hexdigest().encode()
+    atomic_write_bytes(path, _MAGIC + digest + b"\n" + body)
+
+
+def verified_torch_load(path: Path, map_location: Any) -> Any:
+    """Read a file written by :func:`atomic_torch_save` (``torch.load(weights_only=True)``)
+    after checking its digest; :class:`DamagedFileError` when it does not hold."""
+    raw = path.read_bytes()
+    if len(raw) == 0:
+        raise DamagedFileError(path, "the file is empty")
+    if not raw.startswith(_MAGIC) or len(raw) < _HEADER or raw[_HEADER - 1 : _HEADER] != b"\n":
+        raise DamagedFileError(
+            path, "no lplr_fast digest header (truncated, overwritten, or an older format)"
+        )
+    expected, body = raw[len(_MAGIC) : _HEADER - 1].decode("ascii", "replace"), raw[_HEADER:]
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != expected:
+        raise DamagedFileError(
+            path, f"its content does not match its sha256 (stored {expected[:12]}…, "
+            f"found {actual[:12]}…: truncated or corrupted on disk)"
+        )  # fmt: skip
+    try:
+        return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise DamagedFileError(path, f"torch.load failed: {exc}") from exc
