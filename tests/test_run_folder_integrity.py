@@ -198,3 +198,15 @@ def test_cli_folder_in_use_is_a_clear_error(tmp_path):
         result = cli(small_config(tmp_path), out)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "in use by another running process" in result.stderr
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_result_files_follow_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        run(mlp(0), tmp_path, steps=3)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.name != "run.lock"}
+    assert {"checkpoint.pt", "derived.pt", "history.json", "config.json"} <= set(modes)
+    assert set(modes.values()) == {0o666 & ~umask}, modes
