@@ -19,7 +19,8 @@ SCRIPT = r"""
 import datetime, importlib, pkgutil, sys
 import torch, numpy  # dependencies first: only our own code is held to 3.10
 sys.modules["tomllib"] = None  # `import tomllib` now raises ModuleNotFoundError
-del datetime.UTC
+if hasattr(datetime, "UTC"):  # absent on a real 3.10
+    del datetime.UTC
 
 import lplr_fast
 for info in pkgutil.walk_packages(lplr_fast.__path__, "lplr_fast."):
@@ -73,7 +74,7 @@ def _uses(tree: ast.AST) -> set[tuple[str | None, str | None]]:
             found.add((node.value.id, node.attr))
         elif isinstance(node, ast.Name):
             found.add((None, node.id))
-        elif isinstance(node, ast.TryStar):
+        elif isinstance(node, getattr(ast, "TryStar", ())):  # `except*` (no node on 3.10)
             found.add((None, "ExceptionGroup"))
     return found
 
