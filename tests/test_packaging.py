@@ -3,8 +3,13 @@ wheel built against one torch says so clearly when another torch is installed.""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from lplr_fast._backend import torch_mismatch
 
@@ -33,3 +38,24 @@ def test_torch_mismatch_accepts_a_local_build_of_the_pinned_version():
     assert torch_mismatch(["torch==2.13.0"], "2.13.0") is None
     assert torch_mismatch(["numpy>=1.24", "tomli>=1.1; python_version < '3.11'"], "2.1") is None
     assert torch_mismatch([], "2.13.0") is None
+
+
+@pytest.mark.parametrize("command", ["report", "plot"])
+def test_figures_without_matplotlib_say_what_to_install(tmp_path, command):
+    script = (
+        "import sys, torch, lplr_fast\n"
+        "from lplr_fast.cli import main\n"
+        "x = torch.linspace(-1, 1, 8, dtype=torch.float64).reshape(8, 1)\n"
+        "torch.manual_seed(0)\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))\n"
+        "lplr_fast.train(m.double(), x, x.sin(), lr=0.1, steps=2, out_dir=sys.argv[1])\n"
+        "sys.modules['matplotlib'] = None\n"
+        f"sys.exit(main([{command!r}, sys.argv[1]]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "pip install matplotlib" in done.stderr
