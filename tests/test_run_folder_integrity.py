@@ -210,3 +210,12 @@ def test_result_files_follow_the_umask(tmp_path, umask):
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.name != "run.lock"}
     assert {"checkpoint.pt", "derived.pt", "history.json", "config.json"} <= set(modes)
     assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_run_file_of_an_older_version_is_named(tmp_path):
+    run(mlp(0), tmp_path, steps=3)
+    path = tmp_path / "checkpoint.pt"
+    saved = torch.load(io.BytesIO(path.read_bytes().split(b"\n", 2)[2]), weights_only=True)
+    torch.save(saved, path)  # as lplr_fast wrote it before digests
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is damaged: written by an older"):
+        run(mlp(0), tmp_path, steps=3)

@@ -128,6 +128,10 @@ def verified_torch_load(path: Path, map_location: Any) -> Any:
     raw = path.read_bytes()
     if len(raw) == 0:
         raise DamagedFileError(path, "the file is empty")
+    if raw.startswith(b"PK\x03\x04"):
+        raise DamagedFileError(
+            path, "written by an older lplr_fast (a torch.save file without a digest)"
+        )
     if not raw.startswith(_MAGIC) or len(raw) < _HEADER or raw[_HEADER - 1 : _HEADER] != b"\n":
         raise DamagedFileError(
             path, "no lplr_fast digest header (truncated, overwritten, or an older format)"
