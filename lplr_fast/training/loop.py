@@ -225,9 +225,11 @@ def train(
             L* used in the PL ratio and the suboptimality.
         diagnostics: what to log (default ``Diagnostics()``).
         out_dir: write history/summary (CSV + JSON) and a checkpoint there as the run goes,
-            atomically. With ``resume=True`` an existing run of the same identity (same data
-            and arguments as given; ``steps`` may grow) is continued from its last
-            checkpoint, and a finished one is returned unchanged (nothing is recomputed).
+            atomically. With ``resume=True`` an existing run of the same identity (same data,
+            same initial model bitwise, same arguments as given; ``steps`` may grow) is
+            continued from its last checkpoint, and a finished one is returned unchanged
+            (nothing is recomputed); a folder of another run is refused before anything is
+            loaded into ``model``.
         checkpoint_every: steps between checkpoints (default ``diagnostics.ntk_every``).
         progress: show a progress line (step, loss, PL ratio, ETA) on stderr.
         on_step: called with the step index at the start of every step, before anything of
