@@ -1,6 +1,7 @@
 // Argument checks of the Gram accumulation; failures throw c10::ValueError / c10::TypeError,
 // which the dispatcher turns into Python ValueError / TypeError.
 #include "gram.h"
+#include "guards.h"
 #include "message.h"
 
 #include <ATen/ATen.h>
@@ -103,6 +104,11 @@ GramCall check_gram_call(const at::Tensor& out, const at::Tensor& a1, const at::
   const at::Tensor& a2_ref = symmetric ? a1 : *a2;
   const at::Tensor& g2_ref = symmetric ? g1 : *g2;
   const GramShape s = check_gram_args(out, a1, g1, a2_ref, g2_ref, beta, mode, check_finite);
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{out, "out"},
+                                {a1, "a1"}, {g1, "g1"}, {a2_ref, "a2"}, {g2_ref, "g2"}}) {
+    check_no_grad(t, "gram_accumulate_", name);
+    if (name[0] != 'o') check_no_overlap(out, t, name);
+  }
   return {a2_ref, g2_ref, symmetric, s, static_cast<GramRoute>(route)};
 }
 

@@ -17,6 +17,7 @@ namespace lplr {
 // Argument checks shared by both faces (throw c10::ValueError / c10::TypeError).
 void check_tile_args(const at::Tensor& tile, int64_t row0, int64_t col0);
 void check_square_arg(const at::Tensor& a, const char* name);
+void check_square_stats_arg(const at::Tensor& a);
 void check_symv_args(const at::Tensor& a, const at::Tensor& v);
 void check_abs_quadratic_args(const at::Tensor& a, const at::Tensor& v);
 

@@ -1,5 +1,6 @@
 // Argument checks of the spectral reductions and their device-generic face (ATen
 // expressions with the CPU kernels' semantics; the CUDA implementation of the ops).
+#include "guards.h"
 #include "message.h"
 #include "spectral.h"
 
@@ -32,6 +33,15 @@ void check_tile_args(const at::Tensor& tile, int64_t row0, int64_t col0) {
   check_float(tile, "tile");
   LPLR_CHECK_VALUE(row0 >= 0 && col0 >= 0, "row0 and col0 must be >= 0, got ", row0, " and ",
                     col0);
+  LPLR_CHECK_VALUE(row0 <= INT64_MAX - tile.size(0) && col0 <= INT64_MAX - tile.size(1),
+                    "row0 + rows and col0 + cols must fit in int64, got row0=", row0,
+                    ", col0=", col0);
+  check_no_grad(tile, "tile_stats", "tile");
+}
+
+void check_square_stats_arg(const at::Tensor& a) {
+  check_square_arg(a, "a");
+  check_no_grad(a, "square_stats", "a");
 }
 
 void check_square_arg(const at::Tensor& a, const char* name) {
@@ -50,6 +60,8 @@ void check_symv_args(const at::Tensor& a, const at::Tensor& v) {
                    " but a has dtype ", a.scalar_type(), "; they must match");
   LPLR_CHECK_VALUE(v.device() == a.device(), "v is on ", v.device(), " but a is on ",
                     a.device(), "; both must be on one device");
+  check_no_grad(a, "symv_upper", "a");
+  check_no_grad(v, "symv_upper", "v");
 }
 
 void check_abs_quadratic_args(const at::Tensor& a, const at::Tensor& v) {
@@ -59,6 +71,8 @@ void check_abs_quadratic_args(const at::Tensor& a, const at::Tensor& v) {
   check_float(v, "v");
   LPLR_CHECK_VALUE(v.device() == a.device(), "v is on ", v.device(), " but a is on ",
                     a.device(), "; both must be on one device");
+  check_no_grad(a, "abs_quadratic", "a");
+  check_no_grad(v, "abs_quadratic", "v");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tile_stats_generic(const at::Tensor& tile,
@@ -76,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tile_stats_generic(const at::Tens
 }
 
 std::tuple<at::Tensor, at::Tensor> square_stats_generic(const at::Tensor& a) {
-  check_square_arg(a, "a");
+  check_square_stats_arg(a);
   const at::Tensor t = a.to(at::kDouble);
   const at::Tensor finite = at::isfinite(t);
   const at::Tensor zero = at::zeros({}, f64_like(t));

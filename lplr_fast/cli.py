@@ -133,6 +133,7 @@ def _study(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from .distributed.group import DistributedError
     from .distributed.launch import process_group
+    from .training import RunFolderError
 
     try:
         study = load_study("demo" if args.command == "demo" else args.config)
@@ -147,6 +148,14 @@ def _study(args: argparse.Namespace) -> int:
             )
             if _main_rank():
                 _print_study(args, result)
+    except RunFolderError as exc:
+        print(
+            f"lplr-fast {args.command}: {exc.reason}. The point's run folder {exc.folder} holds "
+            f"a run with other data or settings: delete that folder (the point is recomputed) "
+            "or use another --out",
+            file=sys.stderr,
+        )
+        return 2
     except (
         ConfigError, DatasetNotFoundError, StudyLockedError, DistributedError, ValueError,
         TypeError,
@@ -212,6 +221,7 @@ def _missing_plotting(command: str, exc: ModuleNotFoundError) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .distributed.group import DistributedError
     from .distributed.launch import process_group
+    from .training import RunFolderError
     from .training.cli_run import run_from_config
     from .training.runconfig import ConfigError
 
@@ -219,6 +229,13 @@ def _train(args: argparse.Namespace) -> int:
         with process_group(args.device) as device:
             result = run_from_config(args.config, args.out, progress=not args.quiet, device=device)
             main_rank = _main_rank()  # inside: the group is gone afterwards
+    except RunFolderError as exc:
+        print(
+            f"lplr-fast train: {exc.reason}; use another --out, or delete {exc.folder} to "
+            "start over",
+            file=sys.stderr,
+        )
+        return 2
     except (ConfigError, DistributedError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"lplr-fast train: {exc}", file=sys.stderr)
         return 2

@@ -70,6 +70,10 @@ class MLP(nn.Module):
     Attributes:
         layers: the ``nn.Linear`` layers; ``input_scales[i]`` / ``output_scales[i]`` are the
         constants the i-th layer's input and output are multiplied by (1 for "standard").
+        biases: only when some layer needs it — "ntk" with a ratio σ_w/(σ_b·√d) outside
+        [1e-30, 1e30], which the folded form σ_b·(W(x·σ_w/(σ_b√d)) + b) would overflow in
+        float32: that layer is computed in the direct form σ_w/√d·W x + σ_b·b, its bias in
+        ``biases[i]`` (a :class:`ScaledBias`; ``layers[i].bias`` is None).
     """
 
     def __init__(
@@ -104,13 +108,20 @@ class MLP(nn.Module):
         self.act = _ACTIVATIONS[activation]()
         self.input_scales: list[float] = []
         self.output_scales: list[float] = []
-        for layer in self.layers:
+        direct: dict[int, ScaledBias] = {}
+        for i, layer in enumerate(self.layers):
             fan_in = layer.in_features
             w_factor = w_std / math.sqrt(fan_in)
+            ratio = w_factor / b_std if bias else 1.0
+            if parameterization == "ntk" and bias and not 1e-30 <= ratio <= 1e30:
+                direct[i] = ScaledBias(layer.out_features, b_std)
+                self.layers[i] = layer = nn.Linear(fan_in, layer.out_features, bias=False)
             with torch.no_grad():
                 layer.weight.normal_(0.0, 1.0)
                 if layer.bias is not None:
                     layer.bias.normal_(0.0, 1.0)
+                if i in direct:
+                    direct[i].bias.normal_(0.0, 1.0)
                 if parameterization == "standard":
                     layer.weight.mul_(w_factor)
                     if layer.bias is not None:
@@ -118,12 +129,16 @@ class MLP(nn.Module):
             if parameterization == "standard":
                 self.input_scales.append(1.0)
                 self.output_scales.append(1.0)
-            elif bias:  # σ_w/√d·W x + σ_b·b = σ_b·(W (x·σ_w/(σ_b √d)) + b)
-                self.input_scales.append(w_factor / b_std)
+            elif bias and i not in direct:  # σ_w/√d·W x + σ_b·b = σ_b·(W (x·σ_w/(σ_b √d)) + b)
+                self.input_scales.append(ratio)
                 self.output_scales.append(b_std)
-            else:
+            else:  # σ_w/√d·W x (+ σ_b·b by biases[i])
                 self.input_scales.append(w_factor)
                 self.output_scales.append(1.0)
+        if direct:
+            self.biases = nn.ModuleList(
+                direct.get(i, nn.Identity()) for i in range(len(self.layers))
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (n, ...) → (n, out_features)."""
@@ -135,9 +150,24 @@ class MLP(nn.Module):
             h = layer(h)
             if self.output_scales[i] != 1.0:
                 h = h * self.output_scales[i]
+            if hasattr(self, "biases"):
+                h = self.biases[i](h)
             if i < last:
                 h = self.act(h)
         return h
+
+
+class ScaledBias(nn.Module):
+    """z + σ_b·b with b ~ N(0, 1): the NTK parameterisation's bias of a layer whose
+    σ_w/(σ_b·√d) is too extreme to fold into the ``nn.Linear`` (see :class:`MLP`)."""
+
+    def __init__(self, features: int, scale: float) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.empty(features))
+        self.scale = scale
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.scale * self.bias
 
 
 def _norm_layer(norm: Norm, channels: int) -> nn.Module:

@@ -31,6 +31,9 @@ from lplr_fast import StreamingBounds, eig_bounds, ntk_distance
 from lplr_fast.spectrum.rounding import scale_tensor
 
 from .exact import ExactSpectrum, frobenius_sq
+from .faults import Injected, fail_at_call, stream_results
+
+pytestmark = pytest.mark.filterwarnings("ignore::lplr_fast.spectrum.WidenedInputWarning")
 
 F64 = torch.float64
 SCALE = float(os.environ.get("LPLR_PROPERTY_SCALE", "1"))
@@ -76,7 +79,7 @@ small_specs = st.builds(
     n=st.integers(1, 6),
     kind=st.sampled_from(KINDS),
     scale=st.integers(-1074, 1000),
-    dtype=st.sampled_from(["float64"] * 8 + ["float32", "float16"]),
+    dtype=st.sampled_from(["float64"] * 6 + ["float32", "float32", "float16", "bfloat16"]),
     seed=st.integers(0, 2**31),
 )
 
@@ -132,12 +135,26 @@ def build_small(spec: SmallSpec) -> torch.Tensor:
             a = a * keep[:, None] * keep[None, :]
     top = float(a.abs().max())
     if spec.dtype != "float64":
-        dtype = getattr(torch, spec.dtype)
-        return (a / 2.0 ** math.frexp(top)[1] if top else a).to(dtype)
+        return _in_dtype(a, top, spec)
     k = spec.scale
     if top:
         k = min(k, 1012 - math.frexp(top)[1] - n.bit_length())  # λ stays in range
     return scale_tensor(a, k)
+
+
+# the largest entry lands in [2^lo, 2^hi]: below the dtype's overflow, down to where most
+# entries round to subnormals or zero
+DTYPE_TOPS = {"float32": (-160, 125), "bfloat16": (-160, 125), "float16": (-28, 14)}
+
+
+def _in_dtype(a: torch.Tensor, top: float, spec: SmallSpec) -> torch.Tensor:
+    """``a`` scaled by a power of two within the range of spec.dtype, then rounded to it."""
+    dtype = getattr(torch, spec.dtype)
+    if not top:
+        return a.to(dtype)
+    lo, hi = DTYPE_TOPS[spec.dtype]
+    k = lo + (spec.scale + 1074) % (hi - lo + 1) - math.frexp(top)[1]
+    return scale_tensor(a, k).to(dtype)
 
 
 def _rigorous_ends(b, exact: ExactSpectrum) -> None:
@@ -222,19 +239,54 @@ def feed_tiles(stream, a, tiles, k, layer=None) -> None:
         stream.update(slice(*rows), slice(*cols), _block(a, rows, cols, k), layer=layer)
 
 
+def _with_skew(a: torch.Tensor, rel: int, seed: int) -> torch.Tensor:
+    """``a`` plus an antisymmetric dyadic matrix (20-bit mantissas, so its squares round in
+    float32) of size about 2^rel · max|a|, rounded to a's dtype."""
+    top = float(a.abs().max())
+    if not top:
+        return a
+    g = torch.Generator().manual_seed(seed + 1)
+    w = torch.triu(_dyadic(g, (a.shape[0], a.shape[0]), 4), 1)
+    w = w - w.T
+    w_top = float(w.abs().max())
+    if not w_top:
+        return a
+    w = scale_tensor(w, math.frexp(top)[1] + rel - math.frexp(w_top)[1])
+    return (a.double() + w).to(a.dtype)
+
+
+def _skew_sq(m: torch.Tensor) -> Fraction:
+    """‖M − Mᵀ‖_F² exactly."""
+    rows = m.tolist()
+    n = len(rows)
+    return sum(
+        ((Fraction(rows[i][j]) - Fraction(rows[j][i])) ** 2 for i in range(n) for j in range(n)),
+        Fraction(0),
+    )
+
+
 @cases(1200)
-@given(spec=small_specs, upper=st.booleans(), data=st.data())
-def test_streaming_bounds_small(spec, upper, data):
-    k = 2 if spec.n % 2 == 0 and spec.kind != "asymmetric" and data.draw(st.booleans()) else 1
-    a = build_small(spec).double()
-    exact = ExactSpectrum(a)
-    psd = exact.counts(0.0)[0] == 0 and data.draw(st.booleans())
+@given(
+    spec=small_specs,
+    upper=st.booleans(),
+    skew=st.sampled_from([None, None, -30, -10, 0]),
+    data=st.data(),
+)
+def test_streaming_bounds_small(spec, upper, skew, data):
+    """Tiles fed in the spec's dtype (float64, float32, float16, bfloat16), with or without
+    an antisymmetric part; the truth is that of the matrix the tiles assemble."""
+    k = 2 if spec.n % 2 == 0 and data.draw(st.booleans()) else 1
+    a = build_small(spec)
+    if skew is not None:
+        a = _with_skew(a, skew, spec.seed)
     samples = spec.n // k
     tiles = data.draw(tilings(samples, upper))
+    wide = a.double()
+    m = _assembled_upper(wide, tiles, k) if upper else wide
+    exact = ExactSpectrum(m)
+    psd = exact.counts(0.0)[0] == 0 and data.draw(st.booleans())
     stream = StreamingBounds(samples, upper=upper, psd=psd)
     feed_tiles(stream, a, tiles, k)
-    if upper and spec.kind == "asymmetric":
-        exact = ExactSpectrum(_assembled_upper(a, tiles, k))
     b = stream.bounds()
     assert b.certified_min and b.certified_max
     assert exact.min_in(b.lambda_min_lower, b.lambda_min_upper), (b, tiles)
@@ -242,10 +294,14 @@ def test_streaming_bounds_small(spec, upper, data):
     g_lo, g_hi = stream.gershgorin()
     assert exact.counts(g_lo)[0] == 0 and exact.counts(g_hi)[2] == 0
     f_lo, f_hi = stream.frobenius_bounds()
-    f2 = frobenius_sq(_assembled_upper(a, tiles, k) if upper else a)
+    f2 = frobenius_sq(m)
     assert Fraction(f_lo) ** 2 <= f2 <= Fraction(f_hi) ** 2
+    if upper:
+        skew_sq = _skew_sq(m)
+        assert skew_sq <= Fraction(stream.skew_frobenius_upper()) ** 2
+        assert Fraction(stream.sym_frobenius_lower()) ** 2 <= f2 - skew_sq / 4  # ‖sym M‖_F²
     t_lo, t_hi = stream.trace_bounds()
-    assert contains(t_lo, t_hi, sum((Fraction(float(x)) for x in a.diagonal()), Fraction(0)))
+    assert contains(t_lo, t_hi, sum((Fraction(float(x)) for x in wide.diagonal()), Fraction(0)))
 
 
 def _assembled_upper(a: torch.Tensor, tiles, k: int) -> torch.Tensor:
@@ -259,39 +315,172 @@ def _assembled_upper(a: torch.Tensor, tiles, k: int) -> torch.Tensor:
     return m
 
 
+def _part_scale(p: torch.Tensor, scale: int, dtype: str) -> torch.Tensor:
+    """A part scaled by 2^scale (float64) or into the range of ``dtype`` and rounded to it."""
+    if dtype == "float64":
+        return scale_tensor(p, scale)
+    return _in_dtype(p, float(p.abs().max()), SmallSpec(p.shape[0], "", scale, dtype, 0))
+
+
 @cases(400)
 @given(
     n=st.integers(1, 6),
     parts=st.integers(1, 3),
     seed=st.integers(0, 2**31),
     scale=st.integers(-1000, 900),
-    upper=st.just(True),
+    upper=st.booleans(),
+    dtype=st.sampled_from(["float64", "float64", "float32", "float16", "bfloat16"]),
+    cancel=st.sampled_from([None, None, 600, 1000]),
     data=st.data(),
 )
-def test_streaming_per_layer(n, parts, seed, scale, upper, data):
+def test_streaming_per_layer(n, parts, seed, scale, upper, dtype, cancel, data):
+    """Parts in any dtype; ``cancel``: two more (float64) parts ±2^cancel at (0, n − 1) that
+    cancel in the total, so the residual's rounding term dwarfs its off-diagonal tiles."""
     g = torch.Generator().manual_seed(seed)
     layers = []
     for i in range(parts):
         spread = int(torch.randint(0, 30, (1,), generator=g))
-        p = scale_tensor(_dominant(_symmetric(g, n, 10), g), scale + i * spread)
-        layers.append(p)  # each exactly PSD (diagonally dominant; scaling up is exact)
-        assume(ExactSpectrum(p).counts(0.0)[0] == 0)
+        p = _part_scale(_dominant(_symmetric(g, n, 10), g), scale + i * spread, dtype)
+        layers.append(p)  # diagonally dominant, so PSD unless rounding to dtype broke it
+        assume(ExactSpectrum(p.double()).counts(0.0)[0] == 0)
+    if cancel is not None and dtype == "float64" and n > 1:
+        for sign in (1.0, -1.0):  # c·(e₀ ± eₙ₋₁)(e₀ ± eₙ₋₁)ᵀ: exactly PSD, rank one
+            v = torch.zeros(n, dtype=F64)
+            v[0], v[-1] = 1.0, sign
+            layers.append(torch.outer(v, v) * 2.0**cancel)
     total = layers[0].clone()
     for p in layers[1:]:
-        total = total + p  # rounded: the additivity bound must account for it
+        total = total + p  # rounded (in dtype): the additivity bound must account for it
+    exact = ExactSpectrum(total.double())
+    psd = exact.counts(0.0)[0] == 0 and data.draw(st.booleans())
     tiles = data.draw(tilings(n, upper))
-    stream = StreamingBounds(n, per_layer=True)
+    stream = StreamingBounds(n, upper=upper, psd=psd, per_layer=True)
     for rows, cols in tiles:
         r, c = slice(*rows), slice(*cols)
         stream.update(r, c, total[r, c])
         for i, p in enumerate(layers):
             stream.update(r, c, p[r, c], layer=f"l{i}")
-    exact = ExactSpectrum(total)
-    add = stream.layer_additivity_lower()
-    assert exact.counts(add)[0] == 0, add
+    if psd:
+        add = stream.layer_additivity_lower()
+        assert exact.counts(add)[0] == 0, add
     b = stream.bounds()
     assert exact.min_in(b.lambda_min_lower, b.lambda_min_upper)
     assert exact.max_in(b.lambda_max_lower, b.lambda_max_upper)
+
+
+BAD_FEEDS = ("injected", "injected", "injected", "nonfinite", "shape", "overlap", "misplaced",
+             "outputs")  # fmt: skip
+
+
+def _bad_feed(stream, feeds, i, bad, data) -> bool:
+    """Try a rejected variant of feeds[i]; True when the real tile was recorded instead (an
+    injected failure that came after the update's last step)."""
+    rows, cols, m, layer = feeds[i]
+    r, c = slice(*rows), slice(*cols)
+    tile = m[r, c]
+    earlier = [f for f in feeds[:i] if f[3] == layer]
+    if bad == "injected":
+        with fail_at_call(data.draw(st.integers(0, 15), label="call")):
+            try:
+                stream.update(r, c, tile, layer=layer)
+                return True
+            except Injected:
+                return False
+    with pytest.raises((ValueError, TypeError)):
+        if bad == "overlap" and earlier:
+            stream.update(slice(*earlier[-1][0]), slice(*earlier[-1][1]), tile, layer=layer)
+        elif bad == "misplaced" and stream.upper and stream.n > 1:
+            stream.update(slice(1, 2), slice(0, 1), m[1:2, 0:1], layer=layer)
+        elif bad == "outputs" and i > 0:
+            stream.update(r, c, torch.zeros(*tile.shape, 2, 2, dtype=tile.dtype), layer=layer)
+        elif bad == "shape":
+            stream.update(r, c, torch.cat([tile, tile[:1]]), layer=layer)
+        else:
+            broken = tile.clone()
+            broken[-1, -1] = math.nan
+            stream.update(r, c, broken, layer=layer)
+    return False
+
+
+@cases(200)
+@given(
+    spec=small_specs,
+    upper=st.booleans(),
+    psd=st.booleans(),
+    per_layer=st.booleans(),
+    bad=st.sampled_from(BAD_FEEDS),
+    data=st.data(),
+)
+def test_rejected_updates_leave_no_trace(spec, upper, psd, per_layer, bad, data):
+    """An update that raises (bad input, or a failure injected into any internal step) leaves
+    the stream bitwise as if it had not been tried."""
+    a = build_small(spec)
+    parts = ((a.double() * 0.75).to(a.dtype), (a.double() * 0.25).to(a.dtype))
+    feeds = []
+    for rows, cols in data.draw(tilings(spec.n, upper)):
+        feeds.append((rows, cols, a, None))
+        if per_layer:
+            feeds += [(rows, cols, p, f"l{j}") for j, p in enumerate(parts)]
+    failing = data.draw(st.integers(0, len(feeds) - 1), label="failing feed")
+    clean = StreamingBounds(spec.n, upper=upper, psd=psd, per_layer=per_layer, record=True)
+    tried = StreamingBounds(spec.n, upper=upper, psd=psd, per_layer=per_layer, record=True)
+    for i, (rows, cols, m, layer) in enumerate(feeds):
+        r, c = slice(*rows), slice(*cols)
+        clean.update(r, c, m[r, c], layer=layer)
+        if i == failing and _bad_feed(tried, feeds, i, bad, data):
+            continue
+        tried.update(r, c, m[r, c], layer=layer)
+    assert stream_results(tried) == stream_results(clean)
+    merged_tried = StreamingBounds.merged([tried.export()])  # no record of the rejected try
+    merged_clean = StreamingBounds.merged([clean.export()])
+    assert stream_results(merged_tried) == stream_results(merged_clean)
+
+
+@cases(300)
+@given(
+    spec=small_specs,
+    upper=st.booleans(),
+    per_layer=st.booleans(),
+    skew=st.sampled_from([None, -30, -10, 0]),
+    ranks=st.integers(1, 3),
+    data=st.data(),
+)
+def test_merged_streams(spec, upper, per_layer, skew, ranks, data):
+    """The distributed path: tiles (and their per-layer parts) in any dtype spread over
+    several recorded streams and merged give bitwise the bounds of one stream fed every tile
+    in row-major order, and those contain the exact truth."""
+    a = build_small(spec)
+    if skew is not None:
+        a = _with_skew(a, skew, spec.seed)
+    tiles = data.draw(tilings(spec.n, upper))
+    wide = a.double()
+    m = _assembled_upper(wide, tiles, 1) if upper else wide
+    exact = ExactSpectrum(m)
+    layers = ((wide * 0.75).to(a.dtype), (wide * 0.25).to(a.dtype)) if per_layer else ()
+    sym = (lambda x: _assembled_upper(x.double(), tiles, 1)) if upper else (lambda x: x.double())
+    promise_holds = all(ExactSpectrum(sym(x)).counts(0.0)[0] == 0 for x in (a, *layers))
+    psd = promise_holds and data.draw(st.booleans())  # for the total and every part
+    settings_ = {"upper": upper, "psd": psd, "per_layer": per_layer}
+    parts = [StreamingBounds(spec.n, record=True, **settings_) for _ in range(ranks)]
+    one = StreamingBounds(spec.n, **settings_)
+    owner = data.draw(st.lists(st.integers(0, ranks - 1), min_size=len(tiles)), label="ranks")
+    for (rows, cols), rank in zip(tiles, owner, strict=False):
+        r, c = slice(*rows), slice(*cols)
+        parts[rank].update(r, c, a[r, c])
+        for i, p in enumerate(layers):
+            parts[rank].update(r, c, p[r, c], layer=f"l{i}")
+    for rows, cols in sorted(tiles, key=lambda t: (t[0][0], t[1][0])):
+        r, c = slice(*rows), slice(*cols)
+        one.update(r, c, a[r, c])
+        for i, p in enumerate(layers):
+            one.update(r, c, p[r, c], layer=f"l{i}")
+    merged = StreamingBounds.merged([part.export() for part in parts])
+    assert stream_results(merged) == stream_results(one)
+    b = merged.bounds()
+    assert exact.min_in(b.lambda_min_lower, b.lambda_min_upper), (b, tiles)
+    assert exact.max_in(b.lambda_max_lower, b.lambda_max_upper), (b, tiles)
+    if upper:
+        assert _skew_sq(m) <= Fraction(merged.skew_frobenius_upper()) ** 2
 
 
 # -- ntk_distance -------------------------------------------------------------------------

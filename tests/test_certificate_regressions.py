@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lplr_fast import StreamingBounds, eig_bounds, ntk_distance
+from lplr_fast.spectrum import WidenedInputWarning
 from lplr_fast.spectrum.rounding import scale_tensor
 
 from .exact import ExactSpectrum, fro_in
@@ -223,15 +224,18 @@ def test_ntk_distance_bad_inputs():
     bad[1, 1] = math.nan
     with pytest.raises(ValueError, match="K0 contains 1 NaN"):
         ntk_distance(bad, k)
+    with pytest.raises(TypeError, match="K1 is a list of numbers"):
+        ntk_distance(k, [[1.0]])
     with pytest.raises(TypeError, match="two of a kind"):
-        ntk_distance(k, [[1.0]])  # a list is read as a tile stream
+        ntk_distance(k, iter([((slice(0, 3), slice(0, 3)), k)]), n=3)
     with pytest.raises(ValueError, match="empty"):
         ntk_distance(torch.zeros(0, 0), torch.zeros(0, 0))
     with pytest.raises(ValueError, match="on meta"):
         ntk_distance(k, torch.eye(3, dtype=F64, device="meta"))
     got = ntk_distance(np.eye(3), 2 * np.eye(3, dtype=np.float32))
     assert got.certified and got.lower <= 1.0 <= got.upper
-    half = ntk_distance(k.half(), 2 * k.to(torch.bfloat16), "fro")  # ‖I₃‖_F = √3
+    with pytest.warns(WidenedInputWarning):
+        half = ntk_distance(k.half(), 2 * k.to(torch.bfloat16), "fro")  # ‖I₃‖_F = √3
     assert Fraction(half.lower) ** 2 <= 3 <= Fraction(half.upper) ** 2
 
 
@@ -292,7 +296,8 @@ def test_eigenvalue_beyond_float_range_is_an_overflow_error():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_are_widened_exactly(dtype):
     a = WELL_CONDITIONED.to(dtype)
-    b = eig_bounds(a)
+    with pytest.warns(WidenedInputWarning, match="widened to float64"):
+        b = eig_bounds(a)
     exact = ExactSpectrum(a.double())
     assert exact.min_in(b.lambda_min_lower, b.lambda_min_upper)
     assert exact.max_in(b.lambda_max_lower, b.lambda_max_upper)
@@ -322,7 +327,8 @@ def test_streaming_input_kinds():
     stream = StreamingBounds(3)
     stream.update(slice(0, 1), slice(0, 1), np.array([[2.0]], dtype=np.float32))
     stream.update(slice(0, 1), slice(1, 3), np.array([[0.5, 0.0]]))
-    stream.update(slice(1, 3), slice(1, 3), torch.tensor([[2.0, 0.25], [0.25, 2.0]]).half())
+    with pytest.warns(WidenedInputWarning, match="tile: torch.float16"):
+        stream.update(slice(1, 3), slice(1, 3), torch.tensor([[2.0, 0.25], [0.25, 2.0]]).half())
     b = stream.bounds()
     exact = ExactSpectrum(torch.tensor([[2.0, 0.5, 0], [0.5, 2, 0.25], [0, 0.25, 2]], dtype=F64))
     assert exact.min_in(b.lambda_min_lower, b.lambda_min_upper)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -49,6 +52,9 @@ def test_idx_round_trip(tmp_path_factory, dtype, shape, gz):
     assert b.shape == a.shape and b.dtype == a.dtype and np.array_equal(a, b)
 
 
+_WRAPPED = "18446744073709551616 bytes of data"
+
+
 def test_idx_bad_files(tmp_path):
     good = idx_bytes(np.zeros((3, 4, 4), np.uint8))
     cases = {
@@ -59,6 +65,9 @@ def test_idx_bad_files(tmp_path):
         "header": (good[:9], "truncated IDX header"),
         "empty": (b"", "not an IDX file"),
         "zero-dims": (b"\x00\x00\x08\x00", "0 dimensions"),
+        # size products that wrap around 2**64 in fixed-width integers (no data at all)
+        "wraps": (b"\x00\x00\x08\x03" + struct.pack(">III", 2**22, 2**21, 2**21), _WRAPPED),
+        "wraps4": (b"\x00\x00\x08\x04" + struct.pack(">IIII", *[65536] * 4), _WRAPPED),
     }
     for name, (data, message) in cases.items():
         (tmp_path / name).write_bytes(data)
@@ -101,7 +110,11 @@ def test_idx_dataset_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"outside 0\.\.9"):
         load_idx_images("mnist-idx", "train", tmp_path)
     (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((10, 784), np.uint8)))
-    with pytest.raises(ValueError, match=r"expected \(N, H, W\)"):
+    with pytest.raises(ValueError, match=r"are \(N, 28, 28\) unsigned bytes"):
+        load_idx_images("mnist-idx", "train", tmp_path)
+    # any other H×W is refused too (it used to load a 3×5×7 file as (3, 1, 5, 7) "MNIST")
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((10, 5, 7), np.uint8)))
+    with pytest.raises(ValueError, match=r"shape \(10, 5, 7\).*\(N, 28, 28\)"):
         load_idx_images("mnist-idx", "train", tmp_path)
     with pytest.raises(ValueError, match="splits"):
         load_idx_images("mnist-idx", "validation", tmp_path)
@@ -138,6 +151,128 @@ def test_pickle_truncated_or_not_a_pickle():
     for bad in (good[:-1], good[: len(good) // 2], b"not a pickle at all", b""):
         with pytest.raises(ValueError, match="truncated or corrupted"):
             load_array_pickle(bad, source="x")
+
+
+def _run_isolated(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (a segfault there is a failed test, not a dead suite)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_pickle_corrupted_dtype_state_never_reaches_numpy():
+    # review 13 item 1: one byte of a CIFAR batch (NONE -> BININT2 in the dtype's BUILD state)
+    # segfaulted numpy's dtype.__setstate__; a flags byte of 1 left an unraisable RuntimeError
+    code = """
+import pickle, sys, numpy as np
+from lplr_fast.data.safe_pickle import load_array_pickle
+good = pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [0]}, protocol=2)
+i = good.index(b"NNNJ")
+cases = [good[:i] + b"M" + good[i + 1:]]
+arr = bytearray(pickle.dumps(np.arange(3, dtype=np.uint8), protocol=2))
+j = arr.index(b"J\\xff\\xff\\xff\\xffJ\\xff\\xff\\xff\\xffK\\x00") + 11
+for flags in (1, 2, 8, 16, 63, 255):
+    arr[j] = flags
+    cases.append(bytes(arr))
+for data in cases:
+    try:
+        load_array_pickle(data, source="data_batch_1")
+    except ValueError as exc:
+        assert str(exc).startswith("data_batch_1"), exc
+    else:
+        sys.exit("a corrupted dtype state was accepted")
+assert np.dtype("u1").flags == 0 and not np.dtype("u1").hasobject
+print(np.zeros(4, np.uint8).sum(), "survived")
+"""
+    done = _run_isolated(code)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "0 survived" and "Exception ignored" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # each used to escape as MemoryError / AttributeError / OverflowError (a CLI traceback)
+        b"\x80\x02cnumpy\nndarray\nJ\xff\xff\xff\x7fJ\xff\xff\xff\x7f\x86U\x02u1\x86R.",
+        b"\x80\x02}}b.",
+        b"\x80\x05\x96\xff\xff\xff\xff\xff\xff\xff\xff.",
+        b"\x80\x02]q\xff\xff\xff\xff.",  # a memo index far beyond the pickle
+        b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\x7f.",  # a FRAME longer than the data
+        pickle.dumps({b"a": 1}, protocol=2) + b"junk",
+    ],
+)
+def test_malformed_pickles_are_one_value_error_naming_the_file(data):
+    with pytest.raises(ValueError, match=r"^data_batch_4[: ]"):
+        load_array_pickle(data, source="data_batch_4")
+
+
+class _DtypeWithState:
+    """Pickles as ``numpy.dtype(code, 0, 1)`` followed by BUILD with an arbitrary state."""
+
+    def __init__(self, code: str, state: object) -> None:
+        self.code, self.state = code, state
+
+    def __reduce__(self):
+        return (np.dtype, (self.code, False, True), self.state)
+
+
+_STATE_ITEMS = st.one_of(
+    st.none(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from(["<", ">", "|", "=", "", "<<", b"|", -1, 0, 1, 3]),
+    st.text(max_size=3),
+    st.tuples(st.integers(), st.text(max_size=2)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    code=st.sampled_from(["u1", "f4", "<f8", "i8"]),
+    state=st.one_of(
+        st.tuples(*[_STATE_ITEMS] * 8),
+        st.lists(_STATE_ITEMS, max_size=10).map(tuple),
+        _STATE_ITEMS,
+    ),
+)
+def test_any_dtype_state_is_numpys_own_or_a_value_error(code, state):
+    dtype = np.dtype(code)
+    array_state = (1, (2,), _DtypeWithState(code, state), False, bytes(2 * dtype.itemsize))
+    payload = pickle.dumps(_ArrayWithState(array_state), protocol=2)
+    try:
+        got = load_array_pickle(payload, source="x")
+    except ValueError as exc:
+        assert str(exc).startswith("x")
+        return
+    assert state == dtype.__reduce__()[2] and got.dtype == dtype and not got.any()
+
+
+class _ArrayWithState:
+    """Pickles like an ndarray (``_reconstruct(ndarray, (0,), b"b")`` + BUILD ``state``)."""
+
+    def __init__(self, state: tuple) -> None:
+        self.state = state
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"), self.state)
+
+
+def test_mutation_fuzz_of_every_format_in_a_subprocess():
+    """Random structural mutations of real-format pickles and IDX files (tests/fuzz_loaders.py):
+    each must load or give a ValueError; no crash, no other exception, no unraisable error."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz_loaders", "--cases", "3000", "--seed", "13"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+        check=False,
+    )
+    assert done.returncode == 0, (done.returncode, done.stdout[-3000:], done.stderr[-3000:])
+    assert "3000 cases, 0 failures" in done.stdout
 
 
 @pytest.mark.parametrize("protocol", [None, 2, 4, 5])

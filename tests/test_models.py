@@ -55,6 +55,29 @@ def test_ntk_parameterisation_formula(rng):
         assert abs(float(layer.weight.detach().std()) - 1.0) < 0.02
 
 
+@pytest.mark.parametrize("b_std", [1e-40, 1e35])
+def test_ntk_parameterisation_extreme_b_std(b_std, rng):
+    """Review 13 item 8: b_std = 1e-40 in float32 gave NaN (the folded form's input scale
+    σ_w/(σ_b√d) ≈ 4e39 overflows); such layers are computed in the direct form."""
+    torch.manual_seed(7)
+    model = MLP(6, [11], 2, "tanh", "ntk", b_std=b_std)
+    x = torch.randn(4, 6, generator=rng)
+    (l1, l2), (b1, b2) = model.layers, model.biases
+    xd = x.double()
+    h = torch.tanh(xd @ l1.weight.double().T / math.sqrt(6) + b_std * b1.bias.double())
+    expected = h @ l2.weight.double().T / math.sqrt(11) + b_std * b2.bias.double()
+    with torch.no_grad():
+        out = model(x)
+        expected = expected.detach()
+    assert torch.isfinite(out).all() and out.dtype == torch.float32
+    assert torch.allclose(
+        out.double(), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max())
+    )
+    err, scale = _ntk_error(model.double(), xd)
+    assert err <= 1e-10 * max(1.0, scale)
+    assert not hasattr(MLP(6, [11], 2, "tanh", "ntk", b_std=1e-3), "biases")
+
+
 def test_standard_and_ntk_same_function_at_init(rng):
     x = torch.randn(8, 10, generator=rng, dtype=torch.float64)
     torch.manual_seed(6)

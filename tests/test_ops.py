@@ -68,6 +68,64 @@ def test_compile_traces_through_the_ops(rng):
         assert torch.equal(got, want)
 
 
+def test_opcheck_non_contiguous_vectors(rng):
+    a = _sym(6, rng)
+    v = torch.randn(3, 6, generator=rng, dtype=torch.float64).T  # strides (1, 6)
+    torch.library.opcheck(OPS.symv_upper.default, (a, v))
+    torch.library.opcheck(OPS.abs_quadratic.default, (a, a[0]))  # a row view: stride 1
+    torch.library.opcheck(OPS.tile_stats.default, (a[1:5, 2:6], 1, 2))  # a strided view
+
+
+def test_compile_keeps_kernel_strides(rng):
+    a = _sym(5, rng)
+    v = torch.randn(2, 5, generator=rng, dtype=torch.float64).T
+
+    def flat(a, v):
+        return OPS.symv_upper(a, v).T.contiguous().view(-1)
+
+    compiled = torch.compile(flat, fullgraph=True)
+    assert torch.equal(compiled(a, v), flat(a, v))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: OPS.square_stats(torch.empty(3, 4, device="meta", dtype=torch.float64)),
+        lambda: OPS.symv_upper(
+            torch.empty(3, 3, device="meta", dtype=torch.float64),
+            torch.empty(4, device="meta", dtype=torch.float64),
+        ),
+        lambda: OPS.abs_quadratic(
+            torch.empty(3, 3, device="meta", dtype=torch.float64),
+            torch.empty(2, device="meta", dtype=torch.float64),
+        ),
+        lambda: OPS.tile_stats(torch.empty(3, 3, device="meta", dtype=torch.float64), -1, 0),
+        lambda: OPS.gram_accumulate_(
+            torch.empty(4, 4, device="meta", dtype=torch.float64),
+            torch.empty(3, 2, device="meta", dtype=torch.float64),
+            torch.empty(3, 1, 2, device="meta", dtype=torch.float64),
+            None,
+            None,
+            1.0,
+            1,
+            False,
+            0,
+        ),
+    ],
+)
+def test_fake_implementations_check_shapes(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_fake_implementations_check_dtypes():
+    half = torch.empty(3, 3, device="meta", dtype=torch.float16)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        OPS.square_stats(half)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        OPS.tile_stats(half, 0, 0)
+
+
 # ---- errors from C++ ----------------------------------------------------------------------
 
 
@@ -289,3 +347,62 @@ def test_cuda_opcheck(rng):
     a = _sym(9, rng).cuda()
     torch.library.opcheck(OPS.square_stats.default, (a,))
     torch.library.opcheck(OPS.symv_upper.default, (a, a[:, 0].contiguous()))
+
+
+# ---- misuse: autograd, aliasing, index overflow --------------------------------------------
+
+
+def test_ops_refuse_inputs_that_require_grad(rng):
+    a = _sym(5, rng).requires_grad_()
+    v = torch.randn(5, generator=rng, dtype=torch.float64)
+    for call in (
+        lambda: OPS.symv_upper(a, v),
+        lambda: OPS.square_stats(a),
+        lambda: OPS.abs_quadratic(a, v),
+        lambda: OPS.tile_stats(a, 0, 0),
+    ):
+        with pytest.raises(RuntimeError, match=r"no derivative.*detach"):
+            call()
+    with torch.no_grad():  # allowed: nothing is recorded
+        OPS.square_stats(a)
+    x, g, _, _ = _gram_inputs(4, 4, 3, 1, 2, rng)
+    leaf = torch.zeros(4, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="out requires grad"):
+        OPS.gram_accumulate_(leaf, x, g, None, None, 1.0, 1, False, 0)
+    with pytest.raises(RuntimeError, match="a1 requires grad"):
+        gram_accumulate(torch.zeros(4, 4, dtype=torch.float64), x.requires_grad_(), g,
+                        compute="trace")  # fmt: skip
+
+
+def test_spectral_wrappers_accept_matrices_that_require_grad(rng):
+    from lplr_fast.spectrum import native
+
+    a = _sym(6, rng)
+    stats = native.square_stats(a.clone().requires_grad_())
+    assert stats.fro_sq == native.square_stats(a).fro_sq
+
+
+@pytest.mark.parametrize("n", [64, 700])  # one chunk and several chunks of the CPU kernel
+@pytest.mark.parametrize("route", ["auto", "gemm"])
+def test_gram_refuses_out_aliasing_an_input(n, route, rng):
+    out = torch.randn(n, n, generator=rng, dtype=torch.float64)
+    g = torch.randn(n, 1, 2, generator=rng, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"out shares memory with a1.*clone"):
+        gram_accumulate(out, out, g, compute="trace", route=route)
+    with pytest.raises(ValueError, match="out shares memory with a1"):
+        gram_accumulate(out, out[:, :3], g, compute="trace", route=route)
+    a2 = torch.randn(n, n, generator=rng, dtype=torch.float64)
+    with pytest.raises(ValueError, match="out shares memory with a2"):
+        gram_accumulate(out, a2, g, out, g, compute="trace", route=route)
+    buffer = torch.zeros(n * n + n * 3, dtype=torch.float64)  # one storage, disjoint parts
+    out_part, a_part = buffer[: n * n].view(n, n), buffer[n * n :].view(n, 3)
+    a_part.copy_(torch.randn(n, 3, generator=rng, dtype=torch.float64))
+    gram_accumulate(out_part, a_part, g, compute="trace", route=route)
+    want = gram_accumulate_reference(torch.zeros(n, n, dtype=torch.float64), a_part, g,
+                                     compute="trace")  # fmt: skip
+    torch.testing.assert_close(out_part, want, rtol=1e-12, atol=1e-12)
+
+
+def test_tile_stats_refuses_index_overflow():
+    with pytest.raises(ValueError, match="must fit in int64"):
+        OPS.tile_stats(torch.zeros(3, 3, dtype=torch.float64), 2**63 - 2, 0)

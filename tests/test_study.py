@@ -29,6 +29,7 @@ from lplr_fast.study.demo import compact_table, short_verdict
 from lplr_fast.study.fields import certificate_fields
 from lplr_fast.study.report import write_report
 from lplr_fast.training import RunResult
+from lplr_fast.training.analysis import CERTIFIED_BASIS
 
 from .datafiles import write_cifar
 
@@ -235,6 +236,38 @@ def test_quick_cnn_sgd_falls_back_and_says_so(tmp_path, monkeypatch):
     assert "Data fallback" in page and "cifar10 unavailable" in page
 
 
+def test_fallback_rows_are_not_reused_once_the_data_is_there(tmp_path, monkeypatch):
+    """Review 13 item 7: a rerun with --data-dir after a fallback run reused the fallback rows
+    silently; it now refuses, naming both datasets and what to do."""
+    _no_data_dir(monkeypatch)
+    study = load_study("cnn-sgd")
+    out = tmp_path / "out"
+    assert run_study(study, out, quick=True, progress=False).status == "completed"
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py", n=10, cyclic=True)
+    with pytest.raises(
+        ValueError, match=r"ran on the fallback dataset mnist.*cifar10 is available"
+    ):
+        run_study(study, out, quick=True, data_dir=tmp_path / "data", progress=False)
+    again = run_study(study, out, quick=True, progress=False)  # same data: reused
+    assert again.reused == 3 and all(r["dataset"] == "mnist" for r in again.rows)
+    cmd = [sys.executable, "-m", "lplr_fast.cli", "run", "cnn-sgd", "--quick", "--quiet"]
+    cmd += ["--out", str(out), "--data-dir", str(tmp_path / "data")]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "Use another --out" in done.stderr and "ran on the fallback dataset" in done.stderr
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_data_dir_may_be_the_installed_fashion_mnist_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LPLR_DATA_DIR", "/usr/share/datasets/fashion-mnist")
+    row = run_study(load_study("cnn-sgd"), tmp_path, quick=True, progress=False).rows[0]
+    assert row["dataset"] == "fashion-mnist" and "cifar10 unavailable" in row["fallback"]
+
+
 def test_quick_cnn_sgd_on_cifar_files(tmp_path):
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n=10, cyclic=True)
     study = load_study("cnn-sgd")
@@ -279,6 +312,26 @@ def test_fit_power_law_recovers_exponent():
     assert math.isnan(fit_power_law([64, 128], [1.0, 0.5])["exponent"])
 
 
+def test_finite_divergence_is_not_a_success_in_the_analyses():
+    """Review 13 item 5: a run whose loss rose to 1e164 (finite) counted as completed with a
+    positive envelope, and the ablation headline printed an 82-digit drift."""
+    from lplr_fast.study.analysis import analyse
+
+    base = {"seed": 0, "pl_cert_min": 0.1, "lambda0": 0.2, "final_loss": 0.01, "fallback": ""}
+    ok = {**base, "status": "completed", "pl_envelope": 0.3}
+    blown = {**ok, "seed": 1, "status": "diverged (finite): L − L* rose from 1.06 to 1.1e+164"}
+    seeds = analyse("seeds", [ok, blown])
+    assert seeds["envelope_positive_all_seeds"] is False
+    assert seeds["lines"][0].startswith("PL-ratio envelope NOT positive for 1/2 seeds")
+    row = {"width": 64, "lr_beta0": 9.0, "ntk_rel_drift_final": 0.5, "pl_envelope": 40.5}
+    fixed = {**row, "lr": 0.5, "status": blown["status"], "final_param_drift": 8.3e81}
+    fixed["final_loss"] = 1.1e164
+    reduced = {**row, "lr": 0.01, "status": "completed", "final_param_drift": 0.9}
+    headline = analyse("ablation", [fixed, reduced])["headline"]
+    assert "8.3e+81" in headline and "×9.22e+81" in headline and "diverged (finite" in headline
+    assert len(max(re.findall(r"[0-9.e+]+", headline), key=len)) < 12
+
+
 def test_certificate_fields_prefer_the_training_names():
     run = RunResult(
         [{"step": 0, "loss": 1.0, "lambda_min_lower": 0.5}],
@@ -308,16 +361,54 @@ def test_short_verdict_and_table():
     row = {
         "status": "completed",
         "pl_certified_along_path": True,
+        "pl_cert_basis": CERTIFIED_BASIS,
+        "beta_certified": True,
+        "envelope_held": True,
         "lr_beta0": 2.5,
         "fitted_rate": 0.9,
+        "fit_r2": 0.99,
         "predicted_rate": 0.99,
         "width": 64,
         "lr": 0.1,
     }
-    assert short_verdict(row) == "PL certified, η > 2/β₀, rate ≤ predicted"
-    assert short_verdict({"status": "diverged at step 3"}) == "diverged"
+    assert short_verdict(row) == "PL certified, η > 2/β₀, envelope held, rate ≤ predicted"
+    assert short_verdict({"status": "diverged at step 3"}) == "diverged (non-finite loss)"
     text = compact_table([row])
     assert text.splitlines()[0].startswith("width") and "64" in text.splitlines()[2]
+
+
+def test_short_verdict_keeps_its_parts_apart():
+    """Review 13 item 3: the demo read "rate ≤ predicted" with R² 0.63 and hid a violated
+    envelope (width 1024, worst ratio 7.73); a 0.9997 rate printed as "1"."""
+    row = {
+        "status": "completed",
+        "width": 1024,
+        "lr": 0.0125,
+        "pl_certified_along_path": True,
+        "pl_cert_basis": CERTIFIED_BASIS,
+        "beta_certified": True,
+        "lr_beta0": 2.3,
+        "envelope_held": False,
+        "envelope_worst_ratio": 7.73,
+        "fitted_rate": 0.99,
+        "fit_r2": 0.63,
+        "predicted_rate": 0.99971,
+    }
+    verdict = short_verdict(row)
+    assert verdict == (
+        "PL certified, η > 2/β₀, envelope violated (worst ratio 7.73), "
+        "rate fit not meaningful (R² 0.63)"
+    )
+    assert "0.99 / 0.99971" in compact_table([row])
+    subset = {**row, "pl_cert_basis": "the NTK is a subset or trace kernel, not …"}
+    subset.update(
+        beta_certified=False, lr_beta0=0.5, envelope_held=None, pl_certified_along_path=None
+    )
+    assert short_verdict(subset).startswith(
+        "PL not certified (λ not of the full kernel), η ≤ 1/β₀ (β₀ estimated), envelope not checked"
+    )
+    finite = {**row, "status": "diverged (finite): L − L* rose from 1 to 1e+164"}
+    assert short_verdict(finite).startswith("diverged (finite")
 
 
 # ----------------------------------------------------------------------------- CLI

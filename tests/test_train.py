@@ -236,6 +236,56 @@ def test_subset_and_trace_are_labelled():
     assert math.isfinite(result.history[0]["lambda_min_lower"])
 
 
+def test_trace_kernel_run_claims_nothing_certified(tmp_path):
+    """Review 13 items 2 and 4: a trace-kernel run's λ_min (0.086 here) lies above the actual
+    PL ratio (0.065); the plot labelled it the certified PL constant, drew the envelope as
+    certified, and the rate was predicted from it. Labels follow the summary's basis test."""
+    from lplr_fast.models import MLP
+    from lplr_fast.training.plot import figure_labels, plot_run
+
+    torch.manual_seed(0)
+    x = torch.randn(10, 6, dtype=torch.float64)
+    y = torch.randn(10, 3, dtype=torch.float64)
+    model = MLP(6, [32], 3, "tanh").double()
+    diagnostics = Diagnostics(every=1, ntk_every=10, ntk_compute="trace")
+    result = train(model, x, y, lr="auto", steps=40, diagnostics=diagnostics, out_dir=tmp_path)
+    s = result.summary
+    above = [
+        r for r in result.history if r.get("lambda_min_lower", math.nan) > r["pl_ratio"]
+    ]  # the trace kernel's λ_min is no lower bound of the PL ratio: it does exceed it
+    assert above, "the reproducer no longer shows a trace λ_min above the PL ratio"
+    assert s["pl_cert_basis"].startswith("the NTK is a subset or trace kernel")
+    assert math.isnan(s["predicted_rate"]) and s["beta_certified"] is False
+    assert "β̂ an estimate" in s["verdict"] and "predicted" not in s["verdict"].split("rate")[-1]
+    labels = figure_labels(RunResult.load(tmp_path))
+    assert labels["envelope"] is None
+    for key in ("band", "lambda_min", "mu_title"):
+        assert "certified PL constant at" not in labels[key]
+        assert "not a certified" in labels[key] or "neither certified" in labels[key]
+    pytest.importorskip("matplotlib")
+    assert len(plot_run(tmp_path)) == 4
+    # the full kernel on the same problem: certified labels and an envelope
+    full = train(model, x, y, lr="auto", steps=10, diagnostics=Diagnostics(ntk_every=5),
+                 out_dir=tmp_path / "full")  # fmt: skip
+    labels = figure_labels(RunResult.load(tmp_path / "full"))
+    assert full.summary["beta_certified"] is True and math.isfinite(full.summary["predicted_rate"])
+    assert labels["lambda_min"].startswith("certified") and "μ_s certified" in labels["envelope"]
+
+
+def test_finite_blow_up_is_diverged_not_completed():
+    """Review 13 item 5: a loss that rises to 1e164 but stays finite was "completed"."""
+    x, y = data()
+    result = train(wide_mlp(width=64), x, y, lr=60.0, steps=30,
+                   diagnostics=Diagnostics(every=5, ntk_every=10))  # fmt: skip
+    losses = [r["loss"] for r in result.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] > losses[0]
+    assert result.summary["status"].startswith("diverged (finite)"), result.summary["status"]
+    assert result.summary["verdict"].startswith("diverged (finite)")
+    ok = train(wide_mlp(width=64), x, y, lr=safe_lr(wide_mlp(width=64), x, "mean_half", 1),
+               steps=30, diagnostics=Diagnostics(every=5, ntk_every=10))  # fmt: skip
+    assert ok.summary["status"] == "completed"
+
+
 def test_bad_input():
     x, y = data()
     model = wide_mlp(width=32)
@@ -289,6 +339,29 @@ def test_cli_train_and_plot(tmp_path):
     assert cli_main(["plot", str(out)]) == 0
     for name in ("suboptimality.png", "pl_ratio.png", "drift.png", "mu_region_est.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_bar_and_run_folder_errors(tmp_path, capsys):
+    """Progress is a tqdm bar; a run folder that belongs to another run is a RunFolderError
+    whose command-line message names CLI options, not resume=False (review 13 item 7)."""
+    from lplr_fast.training import RunFolderError
+
+    x, y = data()
+    train(wide_mlp(width=32), x, y, lr=0.1, steps=6, out_dir=tmp_path / "a", progress=True,
+          diagnostics=Diagnostics(every=2, ntk_every=6))  # fmt: skip
+    err = capsys.readouterr().err
+    assert "train: 100%" in err and "6/6" in err and "loss" in err
+    with pytest.raises(RunFolderError, match="belongs to a different run") as info:
+        train(wide_mlp(width=32), x, 2 * y, lr=0.1, steps=6, out_dir=tmp_path / "a")
+    assert "resume=False" in str(info.value) and "resume=False" not in info.value.reason
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\nn = 10\n[model]\nwidth = 16\n[train]\nsteps = 4\n")
+    assert cli_main(["train", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    config.write_text("[data]\nn = 12\n[model]\nwidth = 16\n[train]\nsteps = 4\n")
+    capsys.readouterr()
+    assert cli_main(["train", str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "use another --out" in err and "resume=False" not in err
 
 
 def test_cli_config_errors(tmp_path, capsys):

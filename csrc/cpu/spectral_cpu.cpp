@@ -259,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tile_stats_cpu(const at::Tensor& 
 }
 
 std::tuple<at::Tensor, at::Tensor> square_stats_cpu(const at::Tensor& a_in) {
-  check_square_arg(a_in, "a");
+  check_square_stats_arg(a_in);
   const at::Tensor a = a_in.contiguous();
   const int64_t n = a.size(0);
   auto opts = at::TensorOptions().dtype(at::kDouble);

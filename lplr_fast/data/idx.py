@@ -8,6 +8,7 @@ the values in row-major order, big-endian.
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -49,27 +50,33 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file {path} does not exist")
-    data = read_file_bytes(path)
+    return parse_idx(read_file_bytes(path), str(path))
+
+
+def parse_idx(data: bytes, source: str) -> np.ndarray:
+    """The array in the IDX bytes ``data`` (``source`` names them in errors); see
+    :func:`read_idx`. Sizes are Python ints: a header whose size product exceeds any file is
+    a clear error, never a wrapped-around count."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(
-            f"{path}: not an IDX file (magic number {data[:4].hex() or 'missing'}; an IDX file "
-            "starts with 00 00 <type> <ndim>)"
+            f"{source}: not an IDX file (magic number {data[:4].hex() or 'missing'}; an IDX "
+            "file starts with 00 00 <type> <ndim>)"
         )
     code, ndim = data[2], data[3]
     if code not in _IDX_TYPES:
-        raise ValueError(f"{path}: unknown IDX type code 0x{code:02x}")
+        raise ValueError(f"{source}: unknown IDX type code 0x{code:02x}")
     if ndim == 0:
-        raise ValueError(f"{path}: IDX header declares 0 dimensions")
+        raise ValueError(f"{source}: IDX header declares 0 dimensions")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes)")
-    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+        raise ValueError(f"{source}: truncated IDX header ({len(data)} bytes)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_TYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if len(data) - header != expected:
         raise ValueError(
-            f"{path}: header says shape {shape} ({expected} bytes of data) but the file holds "
-            f"{len(data) - header}; the file is truncated or corrupted"
+            f"{source}: header says shape {shape} ({expected} bytes of data) but the file "
+            f"holds {len(data) - header}; the file is truncated or corrupted"
         )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="))

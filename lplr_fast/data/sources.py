@@ -8,7 +8,10 @@
   (optionally ``.gz``) in ``DATA_DIR/mnist`` (or ``DATA_DIR/MNIST/raw``, torchvision's layout)
   and ``DATA_DIR/fashion-mnist`` (or ``DATA_DIR/FashionMNIST/raw``). Debian's
   ``dataset-fashion-mnist`` installs the latter in ``/usr/share/datasets/fashion-mnist``, so
-  ``LPLR_DATA_DIR=/usr/share/datasets`` finds it. Splits "train" and "test".
+  ``LPLR_DATA_DIR=/usr/share/datasets`` finds it. DATA_DIR may also be the dataset's folder
+  itself when it is named for it (``LPLR_DATA_DIR=/usr/share/datasets/fashion-mnist``; a
+  folder named ``mnist`` for "mnist-idx"): the two share file names, so a folder of another
+  name is never taken for either. Splits "train" and "test".
 * ``"cifar10"``: the official python batches ``data_batch_1..5`` and ``test_batch`` in
   ``DATA_DIR/cifar-10-batches-py`` (the folder the official tarball unpacks to), read with a
   pickle reader that builds numpy arrays only. Splits "train" and "test".
@@ -37,6 +40,10 @@ DATA_DIR_ENV = "LPLR_DATA_DIR"
 _IDX_FOLDERS = {
     "mnist-idx": ("mnist", "MNIST/raw"),
     "fashion-mnist": ("fashion-mnist", "FashionMNIST/raw"),
+}
+_IDX_SELF_NAMES = {  # DATA_DIR named like this is the dataset's folder itself
+    "mnist-idx": ("mnist",),
+    "fashion-mnist": ("fashion-mnist", "fashion_mnist", "fashionmnist"),
 }
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _CIFAR_FOLDERS = ("cifar-10-batches-py", "cifar10", ".")
@@ -147,7 +154,10 @@ def load_idx_images(name: str, split: str = "train", data_dir: str | Path | None
     root = resolve_data_dir(data_dir)
     prefix = _IDX_PREFIX[split]
     searched = []
-    for sub in _IDX_FOLDERS[name] if root is not None else ():
+    subs = list(_IDX_FOLDERS[name]) if root is not None else []
+    if root is not None and root.resolve().name.lower() in _IDX_SELF_NAMES[name]:
+        subs.insert(0, ".")
+    for sub in subs:
         folder = root / sub  # type: ignore[operator]
         searched.append(str(folder))
         img = _find_file(folder, f"{prefix}-images-idx3-ubyte")
@@ -155,10 +165,10 @@ def load_idx_images(name: str, split: str = "train", data_dir: str | Path | None
         if img is None or lab is None:
             continue
         images, labels = read_idx(img), read_idx(lab)
-        if images.ndim != 3 or images.dtype != np.uint8:
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
             raise ValueError(
-                f"{img}: images of shape {images.shape}, dtype {images.dtype}; expected "
-                "(N, H, W) unsigned bytes"
+                f"{img}: images of shape {images.shape}, dtype {images.dtype}; {name} images "
+                "are (N, 28, 28) unsigned bytes"
             )
         labels = _check_labels(labels, images.shape[0], str(lab))
         pixels = (images.astype(np.float32) / 255.0)[:, None]
@@ -169,7 +179,8 @@ def load_idx_images(name: str, split: str = "train", data_dir: str | Path | None
         f"not found; looked in {where}. Pass --data-dir DIR (or set {DATA_DIR_ENV}) with the "
         f"files in DIR/{_IDX_FOLDERS[name][0]}"
         + (
-            "; Debian's dataset-fashion-mnist installs them under /usr/share/datasets"
+            "; Debian's dataset-fashion-mnist installs them in /usr/share/datasets/fashion-mnist "
+            "(LPLR_DATA_DIR=/usr/share/datasets)"
             if name == "fashion-mnist"
             else ""
         )
@@ -184,7 +195,9 @@ def parse_cifar_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
     missing = {"data", "labels"} - set(batch)
     if missing:
-        raise ValueError(f"{source}: the batch lacks {sorted(missing)} (has {sorted(batch)})")
+        raise ValueError(
+            f"{source}: the batch lacks {sorted(missing)} (has {sorted(map(repr, batch))})"
+        )
     images = batch["data"]
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2:
         raise ValueError(f"{source}: 'data' must be a (N, 3072) uint8 array")

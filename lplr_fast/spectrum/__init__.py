@@ -2,6 +2,7 @@
 
 from .bounds import SpectrumBounds, as_matrix, eig_bounds
 from .distance import NormBounds, ntk_distance
+from .inputs import WidenedInputWarning
 from .lanczos import LanczosResult, lanczos
 from .streaming import StreamingBounds
 
@@ -10,6 +11,7 @@ __all__ = [
     "NormBounds",
     "SpectrumBounds",
     "StreamingBounds",
+    "WidenedInputWarning",
     "as_matrix",
     "eig_bounds",
     "lanczos",

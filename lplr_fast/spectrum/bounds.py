@@ -25,8 +25,9 @@ Scale: a stored matrix whose largest entry lies outside [2^-256, 2^256) is multi
 power of two 2^e (into [1/2, 1)) before anything else; every certificate is computed for
 the scaled matrix B and mapped back by 2^-e with outward rounding. Scaling up is exact;
 scaling down may round entries that become subnormal, by at most 2⁻¹⁰⁷⁴ each, which adds
-n·TINY to the margins (‖ΔB‖₂ ≤ ‖ΔB‖_F). An eigenvalue beyond the float64 range is an
-OverflowError.
+n·TINY to the margins (‖ΔB‖₂ ≤ ‖ΔB‖_F). An end whose outward rounding overflows becomes
+±inf (λ = FLOAT_MAX gets [≈FLOAT_MAX, inf]); an eigenvalue certainly beyond the float64
+range (its inner end overflows) is an OverflowError.
 
 What is certified: the eigenvalues of the symmetric part (A + Aᵀ)/2 of the matrix as given
 (float16/bfloat16/float32 entries widened exactly to float64). Its distance to the lower
@@ -43,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ from .certify import (
 from .inputs import as_matrix, as_real_tensor, nonfinite_error
 from .lanczos import lanczos, start_vector
 from .native import SquareStats, square_stats, symv_upper
+from .operators import CheckedOperator, SymmetricOperator, is_operator
 from .rounding import (
     TINY,
     UNIT_ROUNDOFF,
@@ -92,14 +94,6 @@ __all__ = [
     "dense_limit",
     "eig_bounds",
 ]
-
-
-class SymmetricOperator(Protocol):
-    """What ``eig_bounds`` needs of a matrix-free operator."""
-
-    shape: tuple[int, int]
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -164,13 +158,17 @@ class PreparedMatrix:
 
 
 def _unscale_checked(x: float, e: int, upward: bool, what: str) -> float:
-    if math.isfinite(x) and x != 0.0:
+    """x·2^e as an outward bound (``upward``: an upper bound). An end that overflows on its
+    outer side becomes ±inf (a valid bracket such as [FLOAT_MAX, inf]); one that overflows
+    on its inner side proves the value beyond the float64 range: an OverflowError."""
+    if math.isfinite(x) and x != 0.0 and (x > 0) != upward:
         try:
             math.ldexp(x, e)
         except OverflowError:
             raise OverflowError(
-                f"{what} is about 2^{math.frexp(x)[1] + e}, beyond the float64 range: pass "
-                "the matrix multiplied by a power of two and scale the bounds back"
+                f"{what} is about {'' if x > 0 else '−'}2^{math.frexp(x)[1] + e}, beyond the "
+                "float64 range: pass the matrix multiplied by a power of two and scale the "
+                "bounds back"
             ) from None
     return unscale(x, e, upward)
 
@@ -213,9 +211,10 @@ def prepare_matrix(K: object, name: str = "K", eps: float | None = None) -> Prep
     asym = _asym_upper(b, stats)
     tol = 200 * n * orig_eps * stats.fro
     if stats.asym_fro > tol:
+        term = f"({name})" if " " in name else name
         raise ValueError(
-            f"{name} is not symmetric: ‖{name} − {name}ᵀ‖_F = {_fmt(stats.asym_fro, -e)} "
-            f"exceeds the rounding tolerance {_fmt(tol, -e)} (‖{name}‖_F = "
+            f"{name} is not symmetric: ‖{term} − {term}ᵀ‖_F = {_fmt(stats.asym_fro, -e)} "
+            f"exceeds the rounding tolerance {_fmt(tol, -e)} (‖{term}‖_F = "
             f"{_fmt(stats.fro, -e)})"
         )
     perturb = up(n * TINY) if e < 0 else 0.0
@@ -337,6 +336,14 @@ def _check_options(which: tuple[str, ...], method: str) -> None:
         raise ValueError(f"unknown method {method!r}")
 
 
+def _check_seed(seed: object) -> None:
+    """Seeds are CPU generator seeds; ``seed + 1`` is used too."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    if not 0 <= int(seed) <= 2**64 - 2:
+        raise ValueError(f"seed must be an integer in [0, 2**64 - 2], got {seed}")
+
+
 def eig_bounds(
     K: torch.Tensor | SymmetricOperator,
     *,
@@ -349,29 +356,33 @@ def eig_bounds(
     """Bracket the extreme eigenvalues of a symmetric matrix.
 
     Args:
-        K: a square symmetric tensor or numpy array (float16/bfloat16/float32/float64;
-            half precisions are widened exactly to float64), an (n, n, k, k) NTK from
-            ``empirical_ntk`` (read as the (n·k)×(n·k) matrix in sample-major order), or an
-            operator with ``shape`` and ``matvec`` (optionally ``psd = True``), e.g.
-            :class:`lplr_fast.NTKOperator`.
+        K: a square symmetric dense tensor or numpy array (float16/bfloat16/float32/
+            float64; half precisions are widened exactly to float64, with a one-time
+            ``WidenedInputWarning``), an (n, n, k, k) NTK from ``empirical_ntk`` (read as
+            the (n·k)×(n·k) matrix in sample-major order), or an operator with ``shape``
+            and ``matvec`` (optionally ``psd = True``), e.g. :class:`lplr_fast.NTKOperator`
+            or a scipy ``LinearOperator``.
         which: the ends wanted, a subset of ("min", "max"); the other end is reported as
             [-inf, inf] and costs nothing.
         method: "auto", "dense", "cholesky" or "lanczos" (see module docstring).
         rtol: target relative width of each bracket (the rounding margin may force more).
         certify: with False, "dense" (and "auto" on stored matrices) returns the eigvalsh
             values as both ends, labelled uncertified.
-        seed: seeds the random start vectors (results are reproducible).
+        seed: seeds the random start vectors (results are reproducible); an integer in
+            [0, 2**64 − 2].
 
     Returns:
         A :class:`SpectrumBounds` (in K's units).
 
     Raises:
         TypeError, ValueError: bad input (named), e.g. NaN/Inf entries or asymmetry.
-        OverflowError: a requested eigenvalue lies beyond the float64 range.
+        OverflowError: a requested eigenvalue lies certainly beyond the float64 range (an
+            end that overflows only by its outward rounding is ±inf instead).
     """
     t0 = time.perf_counter()
     _check_options(which, method)
-    if not (torch.is_tensor(K) or hasattr(K, "__array__")) and hasattr(K, "matvec"):
+    _check_seed(seed)
+    if is_operator(K):
         if method not in ("auto", "lanczos"):
             raise ValueError(f"method={method!r} needs a stored matrix; operators use 'lanczos'")
         return _operator_bounds(K, which, rtol, seed, t0)  # type: ignore[arg-type]
@@ -489,15 +500,11 @@ def _operator_bounds(
     op: SymmetricOperator, which, rtol: float, seed: int, t0: float
 ) -> SpectrumBounds:
     """Matrix-free Lanczos estimates (uncertified)."""
-    shape = tuple(op.shape)
-    if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
-        raise ValueError(f"the operator must be square and non-empty, got shape {shape}")
-    n = int(shape[0])
-    dtype = getattr(op, "dtype", torch.float64)
-    device = getattr(op, "device", torch.device("cpu"))
-    lz = lanczos(op.matvec, n, dtype=dtype, device=device, rtol=rtol, want_min="min" in which,
-                 seed=seed)  # fmt: skip
-    psd = bool(getattr(op, "psd", False))
+    checked = CheckedOperator(op, "K")
+    n = checked.shape[0]
+    lz = lanczos(checked.matvec, n, dtype=checked.dtype, device=checked.device, rtol=rtol,
+                 want_min="min" in which, seed=seed)  # fmt: skip
+    psd = checked.psd
     lo_min = 0.0 if psd else -math.inf
     hi_min = lz.theta_min if "min" in which else math.inf
     if "max" in which:

@@ -13,6 +13,8 @@ without overlap.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 
@@ -21,9 +23,14 @@ def _interval(s: object, what: str) -> tuple[int, int]:
         raise TypeError(f"{what} must be a slice, got {type(s).__name__}")
     if s.start is None or s.stop is None:
         raise ValueError(f"{what} must be a slice with explicit start and stop, got {s}")
-    if s.step not in (None, 1):
+    try:
+        start, stop = operator.index(s.start), operator.index(s.stop)
+        step = 1 if s.step is None else operator.index(s.step)
+    except TypeError:
+        raise TypeError(f"{what} must be a slice of integers, got {s}") from None
+    if step != 1:
         raise ValueError(f"{what} must be a contiguous slice (step 1), got {s}")
-    return int(s.start), int(s.stop)
+    return start, stop
 
 
 class TileCoverage:

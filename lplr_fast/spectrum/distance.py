@@ -1,9 +1,10 @@
 """NTK drift ‖K₁ − K₀‖ in the operator (2-) norm or the Frobenius norm.
 
 Inputs may be stored kernels (square matrices or (n, n, k, k) NTKs, tensors or numpy
-arrays), matrix-free operators (``shape`` + ``matvec``, e.g. :class:`lplr_fast.NTKOperator`)
-or tile generators (the ``((rows, cols), tile)`` pairs of :func:`lplr_fast.ntk_blocks` with
-x2=None). What is measured is the exact difference D = K₁ − K₀ of the kernels as given.
+arrays), matrix-free operators (``shape`` + ``matvec``, e.g. :class:`lplr_fast.NTKOperator`
+or a scipy ``LinearOperator``) or tile generators (the ``((rows, cols), tile)`` pairs of
+:func:`lplr_fast.ntk_blocks` with x2=None). What is measured is the exact difference
+D = K₁ − K₀ of the kernels as given.
 
 * stored (certified): D̂ = fl(K₁ − K₀) in float64. A difference has no underflow error, so
   D̂ = D + Δ with |Δ| ≤ u|D| ≤ 2u|D̂| entrywise and ‖Δ‖₂ ≤ ‖Δ‖_F ≤ 2u‖D̂‖_F. Frobenius:
@@ -34,10 +35,11 @@ from typing import Any, Literal
 
 import torch
 
-from .bounds import SymmetricOperator, bounds_of_prepared, prepare_matrix
+from .bounds import bounds_of_prepared, prepare_matrix
 from .inputs import as_matrix, as_real_tensor, nonfinite_error
 from .lanczos import lanczos
 from .native import square_stats
+from .operators import CheckedOperator, SymmetricOperator, is_operator
 from .rounding import (
     UNIT_ROUNDOFF,
     down,
@@ -83,23 +85,47 @@ def _result(lo: float, hi: float, certified: bool, ord: str, method: str, t0: fl
 
 class _Difference:
     def __init__(self, op0: SymmetricOperator, op1: SymmetricOperator) -> None:
-        if tuple(op0.shape) != tuple(op1.shape):
-            raise ValueError(f"operators differ in shape: {op0.shape} vs {op1.shape}")
-        self.shape = tuple(op0.shape)
-        self.dtype = getattr(op1, "dtype", torch.float64)
-        self.device = getattr(op1, "device", torch.device("cpu"))
-        self.op0, self.op1 = op0, op1
+        self.op0, self.op1 = CheckedOperator(op0, "K0"), CheckedOperator(op1, "K1")
+        if self.op0.shape != self.op1.shape:
+            raise ValueError(f"operators differ in shape: {self.op0.shape} vs {self.op1.shape}")
+        self.shape = self.op0.shape
+        self.dtype, self.device = self.op1.dtype, self.op1.device
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.op1.matvec(v) - self.op0.matvec(v)
+        w1 = self.op1.matvec(v).to(device=v.device, dtype=v.dtype)
+        return w1 - self.op0.matvec(v).to(device=v.device, dtype=v.dtype)
 
 
 def _is_stored(k: object) -> bool:
     return torch.is_tensor(k) or hasattr(k, "__array__")
 
 
-def _is_operator(k: object) -> bool:
-    return hasattr(k, "matvec") and hasattr(k, "shape") and not _is_stored(k)
+def _is_tile_pair(item: object) -> bool:
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], tuple)
+        and len(item[0]) == 2
+    )
+
+
+def _kind(k: object, name: str) -> str:
+    """ "stored", "operator" or "tiles"; a TypeError naming ``name`` for anything else."""
+    if _is_stored(k):
+        return "stored"
+    if is_operator(k):
+        return "operator"
+    if isinstance(k, (list, tuple)) and k and not _is_tile_pair(k[0]):
+        raise TypeError(
+            f"{name} is a list of numbers, not a stream of ((rows, cols), tile) pairs: pass "
+            f"a stored kernel as a tensor or numpy array (torch.tensor({name}))"
+        )
+    if isinstance(k, (str, bytes, dict)) or not isinstance(k, Iterable):
+        raise TypeError(
+            f"{name} must be a tensor or numpy array, an operator (shape + matvec) or an "
+            f"iterable of ((rows, cols), tile) pairs, got {type(k).__name__}"
+        )
+    return "tiles"
 
 
 def ntk_distance(
@@ -115,7 +141,7 @@ def ntk_distance(
     Args:
         K0, K1: both stored kernels, both operators, or both tile generators (see module
             docstring); a stored kernel and an operator may be mixed (the stored one is used
-            as an operator).
+            as an operator). Nested Python lists are refused: wrap them in a tensor.
         ord: 2 or "fro".
         rtol: target relative width of the 2-norm bracket.
         n: number of samples, required for tile generators.
@@ -130,11 +156,12 @@ def ntk_distance(
     t0 = time.perf_counter()
     if ord not in (2, "fro"):
         raise ValueError(f"ord must be 2 or 'fro', got {ord!r}")
-    if _is_stored(K0) and _is_stored(K1):
+    kinds = {_kind(K0, "K0"), _kind(K1, "K1")}
+    if kinds == {"stored"}:
         return _stored(K0, K1, ord, rtol, t0)
-    if _is_operator(K0) or _is_operator(K1):
+    if "operator" in kinds:
         return _operators(_as_operator(K0, "K0"), _as_operator(K1, "K1"), ord, rtol, t0)
-    if _is_stored(K0) or _is_stored(K1):
+    if "stored" in kinds:
         raise TypeError("a stored kernel cannot be compared with a tile stream; pass two of a kind")
     if n is None:
         raise ValueError("n (the number of samples) is required when K0 and K1 are tile streams")
@@ -234,7 +261,7 @@ class _Stored:
 def _as_operator(k: object, name: str) -> SymmetricOperator:
     if _is_stored(k):
         return _Stored(k, name)
-    if _is_operator(k):
+    if is_operator(k):
         return k  # type: ignore[return-value]
     raise TypeError("a tile stream cannot be compared with an operator; pass two of a kind")
 
@@ -263,9 +290,19 @@ def _tile_value(value: object, name: str) -> torch.Tensor:
     return as_real_tensor(tile, name)
 
 
+def _pairs(stream: Iterable, name: str):
+    for i, item in enumerate(stream):
+        if not _is_tile_pair(item):
+            raise TypeError(
+                f"{name} tile stream: item {i} is not a ((rows, cols), tile) pair (got "
+                f"{type(item).__name__})"
+            )
+        yield item
+
+
 def _tiles(s0: Iterable, s1: Iterable, ord, n: int, t0: float) -> NormBounds:
     stream = StreamingBounds(n, upper=True, psd=False)
-    for (key0, v0), (key1, v1) in zip(s0, s1, strict=True):
+    for (key0, v0), (key1, v1) in zip(_pairs(s0, "K0"), _pairs(s1, "K1"), strict=True):
         if key0 != key1:
             raise ValueError(f"tile streams disagree: {key0} vs {key1}")
         a, b = _tile_value(v0, "K0 tile"), _tile_value(v1, "K1 tile")

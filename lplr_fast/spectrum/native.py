@@ -29,7 +29,9 @@ def _native_for(t: torch.Tensor) -> bool:
 
 
 def _widen(t: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 → float64 (exact); the kernels take float32/float64."""
+    """float16/bfloat16 → float64 (exact); the kernels take float32/float64. Detached: the
+    reductions are certified numbers, not differentiable functions of the matrix."""
+    t = t.detach()
     return t if t.dtype in _NATIVE_DTYPES else t.to(torch.float64)
 
 
@@ -143,6 +145,7 @@ def square_stats(a: torch.Tensor) -> SquareStats:
 def symv_upper(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """S v with S the symmetric matrix holding the upper triangle of ``a`` (n, n); the strict
     lower triangle is not read. ``v``: (n,) or (n, m), same dtype as ``a``."""
+    a, v = a.detach(), v.detach()
     if _native_for(a) and v.device == a.device and v.dtype == a.dtype:
         return torch.ops.lplr.symv_upper(a, v)
     upper = torch.triu(a)
@@ -152,7 +155,7 @@ def symv_upper(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def abs_quadratic(a: torch.Tensor, v: torch.Tensor) -> float:
     """|v|ᵀ|A||v| in float64 for a square ``a`` and a vector ``v`` (no |A| is formed on CPU);
     rounding depth ≤ 2n per term, 2n² + 2n operations."""
-    a = _widen(a)
+    a, v = _widen(a), v.detach()
     if _native_for(a) and v.device == a.device:
         return float(torch.ops.lplr.abs_quadratic(a, v))
     w = v.double().abs()

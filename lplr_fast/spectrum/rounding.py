@@ -169,6 +169,28 @@ def _sqrt_one(q: Fraction, upward: bool) -> float:
     return unscale(root, half, upward)
 
 
+def sum_sq_upper(bound: torch.Tensor) -> Fraction:
+    """An upper bound on Σ x_i² for every real x with |x_i| ≤ bound_i, from a finite
+    non-negative float64 tensor ``bound``, without overflow: when the largest entry leaves
+    the safe window the entries are first multiplied by 2^s (max·2^s in [1/2, 1)), exactly
+    when s > 0 and otherwise by one rounded product each, moved up to the next float; the
+    squares are then summed in float64 and enclosed by Lemma S (depth entries + 1, one
+    product per entry) and the bound is scaled back by 2^-2s exactly."""
+    top = float(bound.max()) if bound.numel() else 0.0
+    if top == 0.0:
+        return Fraction(0)
+    s = scale_exponent(top)
+    if s > 0:
+        scaled = scale_tensor(bound, s)
+    elif s < 0:  # s ≥ -1024: 2^s is a float, and the product rounds once
+        scaled = vec_up(bound.to(torch.float64) * 2.0**s)
+    else:
+        scaled = bound.to(torch.float64)
+    entries = scaled.numel()
+    _, hi = sum_bounds_fraction(float((scaled * scaled).sum()), depth=entries + 1, ops=entries)
+    return hi * Fraction(2) ** (-2 * s)
+
+
 def exact_sum_bounds(values: torch.Tensor) -> tuple[float, float]:
     """[lo, hi] around the exact sum of a 1-D float tensor: values are scaled by a power of
     two into [−1, 1] (rounding at most 2⁻¹⁰⁷⁴ each) and summed by ``math.fsum`` (correctly

@@ -24,7 +24,12 @@ by its own rounding: use psd=False for bounds on the stored numbers alone.
 
 Every scalar is rounded outward; a tile whose largest entry leaves [2^-256, 2^256) is
 scaled by a power of two before its reductions, so entries anywhere in the float64 range
-give valid bounds (an end beyond the range becomes ±inf on its outer side).
+give valid bounds (an end beyond the range becomes ±inf on its outer side). All reductions
+run in float64 whatever the tile's dtype (float32 entries widened exactly, float16/bfloat16
+with a ``WidenedInputWarning``), so one float64 rounding analysis covers every dtype
+(``accumulate.py``). A tile is recorded whole or not at all: everything that can fail is
+computed before anything is stored, so a tile whose update raises leaves no trace. Results
+refuse a CPU in flush-to-zero mode even when it was switched on after the tiles.
 
 Tiles: ``update(rows, cols, tile)`` with ``rows``/``cols`` slices of samples and ``tile`` a
 2-D block or an (r, c, k, k) NTK block (read sample-major, like :func:`eig_bounds`), a
@@ -32,33 +37,33 @@ tensor or numpy array. With ``upper=True`` (what ``ntk_blocks(model, x)`` yields
 is a diagonal block (rows == cols) or lies strictly above the diagonal; with ``upper=False``
 any tiles. Tiles must not overlap, and bounds are given only once they cover the matrix
 exactly (``coverage.py``).
+
+Streams fed with disjoint sets of tiles (several processes: ``lplr_fast.distributed``) merge
+exactly: with ``record=True`` a stream keeps each accepted tile's :class:`TileRecord`
+(``export()``), and :meth:`StreamingBounds.merged` replays the records of all parts through
+the same plan-and-commit steps as ``update`` (so the same certificates, and bitwise the same
+numbers as one stream fed the tiles in that order).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
 
+from . import residual as layer_residual
+from .accumulate import Accumulator, TileRecord, TileShare, measure_tile, plan_share
 from .bounds import SpectrumBounds
-from .coverage import TileCoverage
 from .inputs import as_real_tensor, nonfinite_error
 from .native import tile_stats
 from .rounding import (
-    TINY,
-    UNIT_ROUNDOFF,
     down,
     exact_sum_bounds,
-    gamma_up,
     require_gradual_underflow,
-    scale_exponent,
-    scale_tensor,
     sqrt_bounds,
-    sum_bounds_fraction,
     up,
-    vec_up,
 )
 
 
@@ -77,93 +82,7 @@ def _as_2d(tile: torch.Tensor) -> tuple[torch.Tensor, int]:
     return tile, 1
 
 
-def _pow2(e: int) -> Fraction:
-    return Fraction(2) ** e
-
-
-@dataclass
-class _Accumulator:
-    """Enclosures for one matrix (the total or one layer's part), N = samples × k."""
-
-    n_samples: int
-    size: int
-    upper: bool
-    coverage: TileCoverage = field(init=False)
-    diag: torch.Tensor = field(init=False)  # exact diagonal (NaN until fed)
-    rad: torch.Tensor = field(init=False)  # Gershgorin radii of S in units 2^exp
-    exp: int | None = None
-    rad_events: int = 0  # bound on the rounding events (absolute errors) per radius
-    sumsq: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0))  # ‖M‖_F² ∈ [lo, hi]
-    skew_hi: Fraction = Fraction(0)  # ‖M − Mᵀ‖_F² ≤ skew_hi (upper=True)
-
-    def __post_init__(self) -> None:
-        self.coverage = TileCoverage(self.n_samples, self.upper)
-        self.diag = torch.full((self.size,), math.nan, dtype=torch.float64)
-        self.rad = torch.zeros(self.size, dtype=torch.float64)
-
-    def raise_exponent(self, needed: int) -> None:
-        """Make the radius units at least 2^needed (rescaling the stored radii)."""
-        if self.exp is None:
-            self.exp = needed
-        elif needed > self.exp:
-            self.rad = scale_tensor(self.rad, self.exp - needed)
-            self.exp = needed
-            self.rad_events += 2
-
-    def radius_upper(self) -> torch.Tensor:
-        """Certified upper bounds on the radii (absolute units, float64; may hold inf)."""
-        depth = self.size + self.coverage.tiles + 4
-        if depth * UNIT_ROUNDOFF > 0.25:
-            raise ValueError("kernel too large for the float64 rounding bounds")
-        slack = up(2.0 * self.rad_events * TINY)
-        factor = up(1.0 + 2.0 * depth * UNIT_ROUNDOFF)
-        r = vec_up(vec_up(self.rad + slack) * factor)
-        return vec_up(scale_tensor(r, self.exp or 0))
-
-
-@dataclass
-class _Pending:
-    """The latest total tile and the running difference to its parts (per-layer mode)."""
-
-    key: tuple[int, int, int, int]
-    exponent: int  # residual and abs sums are in units 2^-exponent
-    mirrored: bool
-    residual: torch.Tensor
-    abs_sum: torch.Tensor
-    layers: set[str] = field(default_factory=set)
-
-    def frob_sq_upper(self) -> Fraction:
-        """‖total − Σ parts‖_F² ≤ this (exact difference; see ``StreamingBounds``)."""
-        count = len(self.layers)
-        g = up(gamma_up(max(count, 1)) * up(1.0 + 2.0 * count * UNIT_ROUNDOFF))
-        scaling = up((count + 1) * 2.0**-1074)
-        bound = vec_up(vec_up(self.residual.abs() + vec_up(self.abs_sum * g)) + scaling)
-        if not bool(torch.isfinite(bound).all()):
-            return Fraction(-1)  # unbounded
-        entries = bound.numel()
-        _, hi = sum_bounds_fraction(float((bound * bound).sum()), depth=entries + 1, ops=entries)
-        hi *= _pow2(-2 * self.exponent)
-        return 2 * hi if self.mirrored else hi
-
-
-@dataclass
-class TileRecord:
-    """What one accepted tile added to its matrix's enclosures (see ``StreamingBounds``):
-    ``key`` (r0, r1, c0, c1) in samples, ``rows``/``cols`` the tile's 2-D size, ``diag``
-    its exact diagonal entries, ``sumsq`` / ``skew`` exact rationals, ``radii`` the row and
-    column abs sums in tile units with (max_abs, units, lossy), None for an all-zero tile."""
-
-    layer: str | None
-    k: int
-    key: tuple[int, int, int, int]
-    rows: int
-    cols: int
-    mirrored: bool
-    diagonal_block: bool
-    diag: torch.Tensor | None
-    sumsq: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0))
-    skew: Fraction = Fraction(0)
-    radii: tuple[torch.Tensor, torch.Tensor, float, int, bool] | None = None
+__all__ = ["StreamingBounds", "StreamingExport", "TileRecord"]
 
 
 @dataclass
@@ -211,9 +130,9 @@ class StreamingBounds:
             raise ValueError(f"n must be a positive number of samples, got {n!r}")
         self.n, self.upper, self.psd, self.per_layer = int(n), upper, psd, per_layer
         self.k: int | None = None
-        self._total: _Accumulator | None = None
-        self._layers: dict[str, _Accumulator] = {}
-        self._pending: _Pending | None = None
+        self._total: Accumulator | None = None
+        self._layers: dict[str, Accumulator] = {}
+        self._pending: layer_residual.PendingResidual | None = None
         self._residual_sq = Fraction(0)  # finished tiles' ‖total − Σ parts‖_F²
         self._additivity_broken: str | None = None
         self.tiles = 0
@@ -231,106 +150,75 @@ class StreamingBounds:
             raise ValueError(f"bounds was made for n={self.n} samples, x1 has {n1}")
 
     # -- feeding ---------------------------------------------------------------------------
-    def _acc(self, layer: str | None, k: int) -> _Accumulator:
+    def _acc(self, layer: str | None, k: int) -> Accumulator:
         if self.k is not None and k != self.k:
             raise ValueError(f"tile has {k} outputs per sample, earlier tiles had {self.k}")
         if layer is None:
             if self._total is None:
-                return _Accumulator(self.n, self.n * k, self.upper)
+                return Accumulator(self.n, self.n * k, self.upper)
             return self._total
         if layer not in self._layers:
-            return _Accumulator(self.n, self.n * k, self.upper)
+            return Accumulator(self.n, self.n * k, self.upper)
         return self._layers[layer]
 
     def update(
         self, rows: slice, cols: slice, tile: torch.Tensor, layer: str | None = None
     ) -> None:
-        """Feed one tile Θ(rows, cols) of the total (``layer=None``) or of one layer's part
-        (every check is made before anything is recorded).
+        """Feed one tile Θ(rows, cols) of the total (``layer=None``) or of one layer's part.
+        Everything that can fail is computed before anything is recorded: a tile that
+        raises leaves no trace.
 
         Raises:
             TypeError / ValueError: a non-float tile, a bad shape, NaN/Inf entries, a tile
                 below the diagonal with ``upper=True``, or one overlapping an earlier tile.
         """
         t2, k = _as_2d(as_real_tensor(tile, "tile"))
-        probe = self._acc(layer, k)
-        r0s, r1s, c0s, c1s = probe.coverage.check(rows, cols)
+        acc = self._acc(layer, k)
+        rect = acc.coverage.check(rows, cols)
+        r0s, r1s, c0s, c1s = rect
         if t2.shape != ((r1s - r0s) * k, (c1s - c0s) * k):
             raise ValueError(f"tile shape {tuple(tile.shape)} does not match ({rows}, {cols})")
         require_gradual_underflow()
-        r0, c0 = r0s * k, c0s * k
-        stats = tile_stats(t2, r0, c0)
+        stats = tile_stats(t2, r0s * k, c0s * k)
         if stats.nonfinite:
             raise nonfinite_error(f"tile ({rows}, {cols})", stats.nonfinite)
-        record = self._measure(t2, stats, layer, k, (r0s, r1s, c0s, c1s))
-        # -- accepted: commit ------------------------------------------------------------
-        self._commit(record, probe)
+        record = measure_tile(t2, stats, layer, k, rect, self.upper)
+        share = plan_share(acc, record)
+        record_residual = self._residual_step(layer, rect, t2, stats.max_abs, record.mirrored)
+        # -- accepted: record (nothing below can fail) -----------------------------------
+        self._commit(share, acc)
         if self._records is not None:
             self._records.append(record)
-        if self.per_layer:
-            self._track_residual(layer, record.key, t2, stats.max_abs, record.mirrored)
+        record_residual()
 
-    def _measure(self, t2, stats, layer, k, key) -> TileRecord:
-        """What one accepted tile adds to its accumulator (exact or outward-rounded)."""
-        r0s, _, c0s, _ = key
-        r0, c0 = r0s * k, c0s * k
-        r, c = t2.shape
-        diagonal_block = self.upper and r0s == c0s
-        mirrored = self.upper and not diagonal_block
-        lo, hi = max(r0, c0), min(r0 + r, c0 + c)
-        diag = None
-        if lo < hi:  # the tile crosses the diagonal: keep it exactly
-            diag = t2.diagonal(offset=r0 - c0).to(torch.float64).cpu().clone()
-        record = TileRecord(layer, k, key, r, c, mirrored, diagonal_block, diag)
-        if stats.max_abs == 0.0:
-            return record
-        e = scale_exponent(stats.max_abs)
-        if e != 0:  # outside the safe window: reductions of t2·2^e instead
-            t2 = scale_tensor(t2, e)
-            stats = tile_stats(t2, r0, c0)
-        units = -e  # the tile's value is t2·2^units (up to the rounding below)
-        rounded = r * c * TINY if e < 0 else 0.0  # entries made subnormal: ≤ 2⁻¹⁰⁷⁴ each
-        weight = 2 if mirrored else 1
-        s_lo, s_hi = sum_bounds_fraction(stats.sumsq, depth=r * c, ops=r * c)
-        s_lo, s_hi = max(Fraction(0), s_lo - Fraction(rounded)), s_hi + Fraction(rounded)
-        record.sumsq = (weight * s_lo * _pow2(2 * units), weight * s_hi * _pow2(2 * units))
-        if diagonal_block:
-            record.skew = _skew_sq_upper(t2, rounded) * _pow2(2 * units)
-        record.radii = (stats.row_abs, stats.col_abs, stats.max_abs, units, e < 0)
-        return record
-
-    def _commit(self, record: TileRecord, acc: _Accumulator) -> None:
-        self.k = record.k
-        if record.layer is None:
+    def _commit(self, share: TileShare, acc: Accumulator) -> None:
+        """Adopt ``acc`` and add the planned share to it (cannot fail)."""
+        rec = share.record
+        self.k = rec.k
+        if rec.layer is None:
             self._total = acc
             self.tiles += 1
         else:
-            self._layers[record.layer] = acc
-        acc.coverage.add(*record.key)
-        r0, c0 = record.key[0] * record.k, record.key[2] * record.k
-        if record.diag is not None:
-            lo = max(r0, c0)
-            acc.diag[lo : lo + record.diag.numel()] = record.diag
-        if record.radii is None:  # an all-zero tile
-            return
-        acc.sumsq = (acc.sumsq[0] + record.sumsq[0], acc.sumsq[1] + record.sumsq[1])
-        acc.skew_hi += record.skew
-        row_abs, col_abs, max_abs, units, lossy = record.radii
-        r, c = record.rows, record.cols
-        top = math.frexp(max_abs)[1]  # entries < 2^top in tile units
-        acc.raise_exponent(units + top + acc.size.bit_length() + 1)
-        shift = units - (acc.exp or 0)
-        rows = scale_tensor(row_abs, shift)
-        cols = scale_tensor(col_abs, shift)
-        if record.mirrored:  # the tile and its mirror image
-            acc.rad[r0 : r0 + r] += rows
-            acc.rad[c0 : c0 + c] += cols
-        elif record.diagonal_block:
-            acc.rad[r0 : r0 + r] += (rows + cols) * 0.5
-        else:  # full mode: S's radius ≤ (row sum + column sum) / 2
-            acc.rad[r0 : r0 + r] += rows * 0.5
-            acc.rad[c0 : c0 + c] += cols * 0.5
-        acc.rad_events += 6 + ((r + c) if lossy else 0)
+            self._layers[rec.layer] = acc
+        share.commit(acc)
+
+    def _residual_step(self, layer, rect, t2, max_abs, mirrored):
+        """Per-layer mode: the (not yet applied) update of ‖total − Σ parts‖_F's enclosure
+        (``residual.py``); parts must come right after their total."""
+        if not self.per_layer:
+            return lambda: None
+        if layer is None:
+            finished, pending = layer_residual.open_step(self._pending, rect, t2, max_abs, mirrored)
+
+            def open_pending() -> None:
+                self._residual_sq = layer_residual.add_bound(self._residual_sq, finished)
+                self._pending = pending
+
+            return open_pending
+        step = layer_residual.part_step(self._pending, rect, layer, t2)
+        if isinstance(step, str):
+            return lambda: setattr(self, "_additivity_broken", self._additivity_broken or step)
+        return step
 
     # -- merging streams fed with disjoint tiles -----------------------------------------
     def export(self) -> StreamingExport:
@@ -339,9 +227,8 @@ class StreamingBounds:
         if self._records is None:
             raise ValueError("export() needs a StreamingBounds(..., record=True)")
         residual = self._residual_sq
-        if residual >= 0 and self._pending is not None:
-            pending = self._pending.frob_sq_upper()
-            residual = Fraction(-1) if pending < 0 else residual + pending
+        if self._pending is not None:
+            residual = layer_residual.add_bound(residual, self._pending.frob_sq_upper())
         return StreamingExport(
             self.n, self.upper, self.psd, self.per_layer, list(self._records), residual,
             self._additivity_broken,
@@ -372,44 +259,20 @@ class StreamingBounds:
         for rec in records:
             acc = out._acc(rec.layer, rec.k)
             acc.coverage.check(slice(*rec.key[:2]), slice(*rec.key[2:]))
-            out._commit(rec, acc)
-        residuals = [part.residual_sq for part in parts]
-        out._residual_sq = Fraction(-1) if min(residuals) < 0 else sum(residuals, Fraction(0))
+            out._commit(plan_share(acc, rec), acc)
+        residual = Fraction(0)
+        for part in parts:
+            residual = layer_residual.add_bound(residual, part.residual_sq)
+        out._residual_sq = residual
         broken = [part.additivity_broken for part in parts if part.additivity_broken]
         out._additivity_broken = broken[0] if broken else None
         return out
 
-    def _track_residual(self, layer, key, t2, max_abs, mirrored) -> None:
-        """Per-layer mode: enclose ‖total − Σ parts‖_F tile by tile (parts right after
-        their total), for the layer-additivity bound."""
-        if layer is None:
-            self._finish_pending()
-            e = scale_exponent(max_abs)
-            scaled = scale_tensor(t2, e)
-            self._pending = _Pending(key, e, mirrored, scaled.clone(), scaled.abs())
-            return
-        pending = self._pending
-        if pending is None or pending.key != key or layer in pending.layers:
-            self._additivity_broken = (
-                f"the part of layer {layer!r} for tile {key} was not fed right after that "
-                "tile's total"
-            )
-            return
-        part = scale_tensor(t2, pending.exponent)
-        pending.residual -= part
-        pending.abs_sum += part.abs()
-        pending.layers.add(layer)
-
-    def _finish_pending(self) -> None:
-        if self._pending is not None:
-            bound = self._pending.frob_sq_upper()
-            self._residual_sq = (
-                Fraction(-1) if bound < 0 or self._residual_sq < 0 else (self._residual_sq + bound)
-            )
-            self._pending = None
-
     # -- results ---------------------------------------------------------------------------
-    def _complete(self, acc: _Accumulator | None, what: str) -> _Accumulator:
+    def _complete(self, acc: Accumulator | None, what: str) -> Accumulator:
+        """``acc`` once it covers its matrix; every result passes here, so this is where
+        the flush-to-zero mode is refused (it may have been switched on since the tiles)."""
+        require_gradual_underflow()
         if acc is None:
             raise ValueError(f"no tiles of {what} were fed")
         if not acc.coverage.complete:
@@ -419,7 +282,7 @@ class StreamingBounds:
             )
         return acc
 
-    def _kernel(self) -> _Accumulator:
+    def _kernel(self) -> Accumulator:
         return self._complete(self._total, "the kernel")
 
     @property
@@ -497,11 +360,19 @@ class StreamingBounds:
             total = down(total + max(0.0, self.gershgorin(name)[0]))
         residual = self._residual_sq
         if residual >= 0 and self._pending is not None:
-            pending = self._pending.frob_sq_upper()
-            residual = Fraction(-1) if pending < 0 else residual + pending
+            residual = layer_residual.add_bound(residual, self._pending.frob_sq_upper())
         if residual < 0:
             return -math.inf
         return down(total - sqrt_bounds(Fraction(0), residual)[1])
+
+    def _additivity_available(self) -> bool:
+        """Whether :meth:`layer_additivity_lower` has what it needs (every layer complete)."""
+        return (
+            self.per_layer
+            and bool(self._layers)
+            and not self._additivity_broken
+            and all(acc.coverage.complete for acc in self._layers.values())
+        )
 
     def bounds(self) -> SpectrumBounds:
         """The brackets listed in the module docstring, all rigorous (certified=True);
@@ -515,7 +386,7 @@ class StreamingBounds:
         lo_min = g_lo
         if self.psd:
             lo_min = max(lo_min, 0.0)
-            if self._layers and self.per_layer and not self._additivity_broken:
+            if self._additivity_available():
                 lo_min = max(lo_min, self.layer_additivity_lower())
         hi_min = min(d_min, up(tr_hi / size))
         lo_max = max(d_max, down(tr_lo / size))
@@ -531,13 +402,3 @@ class StreamingBounds:
 def _div_sqrt_down(x: float, size: int) -> float:
     """A lower bound on x / √size."""
     return down(x / up(math.sqrt(size)))
-
-
-def _skew_sq_upper(t2: torch.Tensor, rounded: float) -> Fraction:
-    """Upper bound on ‖T − Tᵀ‖_F² of the exact square tile (its entries moved by at most
-    ``rounded``/(r·c) each by a scaling): Lemma S, depth r² + 3, r² products."""
-    d = t2 - t2.T
-    r2 = d.numel()
-    total = float((d * d).sum())
-    _, hi = sum_bounds_fraction(total, depth=r2 + 3, ops=r2)
-    return hi + 8 * Fraction(rounded)

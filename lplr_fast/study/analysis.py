@@ -32,10 +32,16 @@ def _finite(v: Any) -> bool:
 
 
 def _completed(row: dict[str, Any]) -> bool:
-    return str(row.get("status", "")).startswith("completed")
+    return _completed_status(row.get("status", ""))
+
+
+def _completed_status(status: Any) -> bool:
+    """Completed (not diverged, finite or not, nor interrupted)."""
+    return str(status).startswith("completed")
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
+    """A number in a general format (never a fixed-point string of a huge value)."""
     return format(v, spec) if _finite(v) else "n/a"
 
 
@@ -61,7 +67,9 @@ def _ablation(rows: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
         step = f"width {width}, lr {fixed['lr']:.4g}: η·β₀ = {_fmt(fixed['lr_beta0'])}" + (
-            " (> 2: beyond the stable step at initialisation)" if left else ""
+            " (> 2: beyond the stable step at initialisation)"
+            if _finite(fixed["lr_beta0"]) and fixed["lr_beta0"] > 2
+            else ""
         )
         if str(fixed["status"]).startswith("diverged"):
             lines.append(f"{step}; {fixed['status']} (loss {_fmt(fixed['final_loss'])})")
@@ -98,13 +106,15 @@ def _ablation(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if compared:  # width 1024 as in the study, else the widest width run with both steps
         width = ref["width"] if ref["width"] in compared else compared[-1]
         c = min((c for c in comparisons if c["width"] == width), key=lambda c: c["lr_reduced"])
+        fixed_note = "" if _completed_status(c["status_fixed"]) else f" ({c['status_fixed']})"
+        reduced_note = "" if _completed_status(c["status_reduced"]) else f" ({c['status_reduced']})"
         headline = (
-            f"width {width}: final drift {_fmt(c['drift_fixed'], '.3f')} (lr "
-            f"{c['lr_fixed']:.3g}) → {_fmt(c['drift_reduced'], '.3f')} (lr {c['lr_reduced']:.3g}), "
-            f"×{_fmt(c['drift_ratio'], '.2f')}; the study reports, at width {ref['width']}, "
-            f"{ref['drift_fixed']:.3f} → {ref['drift_reduced']:.3f} "
-            f"(×{ref['drift_fixed'] / ref['drift_reduced']:.1f}); PL envelope "
-            f"{_fmt(c['envelope_fixed'])} → {_fmt(c['envelope_reduced'])}"
+            f"width {width}: final drift {_fmt(c['drift_fixed'], '.4g')} (lr "
+            f"{c['lr_fixed']:.3g}{fixed_note}) → {_fmt(c['drift_reduced'], '.4g')} (lr "
+            f"{c['lr_reduced']:.3g}{reduced_note}), ×{_fmt(c['drift_ratio'], '.3g')}; the study "
+            f"reports, at width {ref['width']}, {ref['drift_fixed']:.3f} → "
+            f"{ref['drift_reduced']:.3f} (×{ref['drift_fixed'] / ref['drift_reduced']:.1f}); PL "
+            f"envelope {_fmt(c['envelope_fixed'])} → {_fmt(c['envelope_reduced'])}"
         )
         lines.insert(0, headline)
     return {"widths": widths, "comparisons": comparisons, "headline": headline, "lines": lines}
@@ -113,7 +123,11 @@ def _ablation(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     envelopes = [r["pl_envelope"] for r in rows]
     finite = [e for e in envelopes if _finite(e)]
-    positive = bool(finite) and len(finite) == len(rows) and all(e > 0 for e in finite)
+    # a diverged run (even one whose loss stayed finite) has no stable regime to speak for
+    completed = [r for r in rows if _completed(r)]
+    positive = (
+        len(completed) == len(rows) and len(finite) == len(rows) and all(e > 0 for e in finite)
+    )
     lines = [
         f"seed {r['seed']}: PL envelope {_fmt(r['pl_envelope'])}, certified PL min "
         f"{_fmt(r['pl_cert_min'])}, λ₀ {_fmt(r['lambda0'])}, final loss {_fmt(r['final_loss'])}, "
@@ -123,7 +137,8 @@ def _seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     lines.insert(
         0,
         f"PL-ratio envelope {'positive' if positive else 'NOT positive'} for "
-        f"{sum(1 for e in finite if e > 0)}/{len(rows)} seeds"
+        f"{sum(1 for r in completed if _finite(r['pl_envelope']) and r['pl_envelope'] > 0)}/"
+        f"{len(rows)} seeds (completed runs only)"
         + (f" (min {min(finite):.3g}, max {max(finite):.3g})" if finite else ""),
     )
     fallbacks = sorted({r["fallback"] for r in rows if r.get("fallback")})

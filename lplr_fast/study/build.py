@@ -82,6 +82,20 @@ def build_data(data: dict[str, Any], flatten: bool, images: ImageCache) -> Built
     raise DatasetNotFoundError(" | ".join(notes))
 
 
+def dataset_now(data: dict[str, Any], images: ImageCache) -> str | None:
+    """The dataset :func:`build_data` would use now: the first of ``dataset`` and then
+    ``fallback`` whose files are present (None if none is)."""
+    for name in [data["dataset"], *data["fallback"]]:
+        if name in DATASETS:
+            return name
+        try:
+            images.get(name, data["split"])
+        except DatasetNotFoundError:
+            continue
+        return name
+    return None
+
+
 def build_model(model: dict[str, Any], x: torch.Tensor, k: int, dtype: torch.dtype) -> nn.Module:
     """The [model] section's network for inputs like ``x`` and k outputs, initialised from
     ``model.seed``; a ResNet with BatchNorm is put in eval mode (fixed affine maps), since

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..training.analysis import CERTIFIED_BASIS, MIN_R2
 from .config import load_study
 from .report import write_report
 from .runner import StudyResult, run_study
@@ -34,37 +35,72 @@ def _num(v: Any) -> str:
     return f"{v:.3g}" if _finite(v) else "—"
 
 
-def short_verdict(row: dict[str, Any]) -> str:
-    """A terse verdict from the certified fields and the step size: whether the PL constant
-    was certified positive at every NTK step, where η stands against 1/β₀ and 2/β₀, and
-    whether the fitted rate is at most the predicted one."""
-    if str(row.get("status", "")).startswith("diverged"):
-        return "diverged"
-    parts = []
+def _rate(v: Any) -> str:
+    """A contraction factor per step: enough digits to tell 0.9997 from 1."""
+    return f"{v:.6g}" if _finite(v) else "—"
+
+
+def _pl_part(row: dict[str, Any]) -> str:
+    if row.get("pl_cert_basis", CERTIFIED_BASIS) != CERTIFIED_BASIS:
+        return "PL not certified (λ not of the full kernel)"
     certified = row.get("pl_certified_along_path")
-    parts.append({True: "PL certified", False: "PL not certified"}.get(certified, "PL n/a"))
+    return {True: "PL certified", False: "PL not certified"}.get(certified, "PL n/a")
+
+
+def _step_part(row: dict[str, Any]) -> str:
     s = row.get("lr_beta0")
-    if _finite(s):
-        parts.append("η > 2/β₀" if s > 2 else "η ≤ 1/β₀" if s <= 1 else "1/β₀ < η ≤ 2/β₀")
-    fitted, predicted = row.get("fitted_rate"), row.get("predicted_rate")
-    if _finite(fitted) and _finite(predicted):
-        parts.append("rate ≤ predicted" if fitted <= predicted + 1e-12 else "rate > predicted")
-    return ", ".join(parts)
+    if not _finite(s):
+        return ""
+    side = "η > 2/β₀" if s > 2 else "η ≤ 1/β₀" if s <= 1 else "1/β₀ < η ≤ 2/β₀"
+    return side if row.get("beta_certified", True) else f"{side} (β₀ estimated)"
+
+
+def _envelope_part(row: dict[str, Any]) -> str:
+    held = row.get("envelope_held")
+    if held is None:
+        return "envelope not checked"
+    if held:
+        return "envelope held"
+    return f"envelope violated (worst ratio {_num(row.get('envelope_worst_ratio'))})"
+
+
+def _rate_part(row: dict[str, Any]) -> str:
+    fitted, predicted, r2 = row.get("fitted_rate"), row.get("predicted_rate"), row.get("fit_r2")
+    if not _finite(fitted):
+        return ""
+    if not (_finite(r2) and r2 >= MIN_R2):
+        return f"rate fit not meaningful (R² {_num(r2)})"
+    if not _finite(predicted):
+        return "rate fitted, none predicted"
+    return "rate ≤ predicted" if fitted <= predicted + 1e-12 else "rate > predicted"
+
+
+def short_verdict(row: dict[str, Any]) -> str:
+    """A terse verdict that keeps its parts apart: whether the PL constant was certified
+    positive at every NTK step (on a certified basis), where η stands against 1/β₀ and 2/β₀
+    (β₀ marked when it is an estimate), whether the envelope inequality held, and the rate:
+    fitted against predicted only when the fit means something (R² ≥ 0.9)."""
+    status = str(row.get("status", ""))
+    if status.startswith("diverged at"):
+        return "diverged (non-finite loss)"
+    parts = (
+        ["diverged (finite: loss ended above its start)"] if status.startswith("diverged") else []
+    )
+    parts += [_pl_part(row), _step_part(row), _envelope_part(row), _rate_part(row)]
+    return ", ".join(p for p in parts if p)
 
 
 def compact_table(rows: list[dict[str, Any]]) -> str:
     """The demo's table as aligned text, one line per run."""
     cells = [[title for _, title in DEMO_COLUMNS]]
     for r in rows:
-        if str(r.get("status", "")).startswith("diverged"):  # later values mean nothing
+        if str(r.get("status", "")).startswith("diverged at"):  # later values mean nothing
             r = {
                 k: v for k, v in r.items() if k in ("width", "lr", "lr_beta0", "lambda0", "status")
             }
         values = {
             **r,
-            "rate": f"{_num(r.get('fitted_rate'))} / {_num(r.get('predicted_rate'))}"
-            if _finite(r.get("fitted_rate"))
-            else f"— / {_num(r.get('predicted_rate'))}",
+            "rate": f"{_rate(r.get('fitted_rate'))} / {_rate(r.get('predicted_rate'))}",
             "short_verdict": short_verdict(r),
         }
         line = []

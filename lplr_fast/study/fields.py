@@ -25,6 +25,7 @@ import math
 from typing import Any
 
 from ..training import RunResult
+from ..training.analysis import CERTIFIED_BASIS, beta_is_certified, pl_basis_problem
 
 HISTORY_ALIASES: dict[str, tuple[str, ...]] = {
     "mu_region_est": ("mu_region_est", "mu_cert"),
@@ -54,22 +55,22 @@ def history_column(run: RunResult, name: str) -> list[float]:
 
 
 def bounds_certify_pl(run: RunResult) -> bool:
-    """True when the λ columns are certified bounds of the PL constant at their iterate."""
-    diag = run.config.get("diagnostics", {})
-    comparable = run.summary.get("pl_bounds_comparable")
-    if comparable is None:
-        comparable = diag.get("ntk_subset") is None and (
-            diag.get("ntk_compute") == "full" or run.config.get("k") == 1
-        )
-    return diag.get("bounds") == "certified" and bool(comparable)
+    """True when the λ columns are certified bounds of the PL constant at their iterate (the
+    training summary's test, :func:`lplr_fast.training.analysis.pl_basis_problem`)."""
+    return pl_basis_problem(run.summary, run.config) is None
 
 
 def certificate_fields(run: RunResult) -> dict[str, Any]:
     """``mu_region_est``, ``pl_cert_min``, ``pl_certified_along_path``, ``envelope_held``,
-    ``envelope_worst_ratio`` of a run (module docstring); ``*_source`` says whether each came
-    from the training summary or was derived here."""
+    ``envelope_worst_ratio``, ``pl_cert_basis`` (why the λ columns are not certified PL
+    constants, or that they are) and ``beta_certified`` of a run (module docstring);
+    ``*_source`` says whether each came from the training summary or was derived here."""
     s = run.summary
-    out: dict[str, Any] = {}
+    problem = pl_basis_problem(s, run.config)
+    out: dict[str, Any] = {
+        "pl_cert_basis": problem or CERTIFIED_BASIS,
+        "beta_certified": beta_is_certified(s, run.config),
+    }
     for alias in SUMMARY_ALIASES["mu_region_est"]:
         if alias in s:
             out["mu_region_est"] = s[alias]
@@ -82,7 +83,7 @@ def certificate_fields(run: RunResult) -> dict[str, Any]:
         out["pl_cert_source"] = "training"
     else:
         lows = [v for v in run.column("lambda_min_lower") if _finite(v)]
-        certified = bounds_certify_pl(run) and bool(lows)
+        certified = problem is None and bool(lows)
         out["pl_cert_min"] = min(lows) if certified else math.nan
         out["pl_certified_along_path"] = (min(lows) > 0) if certified else None
         out["pl_cert_source"] = "study (min of lambda_min_lower at NTK steps)"

@@ -20,6 +20,7 @@ from .. import __version__
 from .._backend import backend_info
 from .._compat import UTC
 from ..training import RunResult
+from ..training.analysis import CERTIFIED_BASIS
 from ..training.io import atomic_write_bytes
 from . import figures
 from .analysis import analyse
@@ -34,7 +35,9 @@ TABLE_COLUMNS = [
     ("n", "n"),
     ("lr", "η"),
     ("lr_beta0", "η·β₀"),
-    ("lambda0", "λ₀ (cert. lower)"),
+    ("beta_certified", "β₀ certified"),
+    ("pl_cert_basis", "λ columns"),
+    ("lambda0", "λ₀ (λ_min lower end, step 0)"),
     ("pl_envelope", "PL envelope"),
     ("pl_cert_min", "certified PL min"),
     ("pl_certified_along_path", "PL certified along path"),
@@ -60,6 +63,8 @@ pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em}
 
 
 def _fmt(v: Any) -> str:
+    if v == CERTIFIED_BASIS:
+        return "certified PL bounds (full kernel)"
     if v is None:
         return "—"
     if isinstance(v, bool):
@@ -82,7 +87,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         cells = []
         for key, _ in TABLE_COLUMNS:
-            cls = ' class="l"' if key in ("point", "status", "dataset") else ""
+            cls = ' class="l"' if key in ("point", "status", "dataset", "pl_cert_basis") else ""
             cells.append(f"<td{cls}>{html.escape(_fmt(r.get(key)))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"

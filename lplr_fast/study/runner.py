@@ -36,7 +36,7 @@ from ..training import Diagnostics, RunResult, train
 from ..training.config import loss_scale
 from ..training.io import atomic_write_csv, atomic_write_json
 from ..training.parallel import SingleProcess, current
-from .build import BuiltData, ImageCache, build_data, build_model, describe_model
+from .build import BuiltData, ImageCache, build_data, build_model, dataset_now, describe_model
 from .config import Point, StudyConfig
 from .fields import certificate_fields
 
@@ -62,6 +62,9 @@ ROW_COLUMNS = [
     "pl_certified_along_path",
     "mu_region_est",
     "envelope_held",
+    "envelope_worst_ratio",
+    "pl_cert_basis",
+    "beta_certified",
     "fitted_rate",
     "fit_r2",
     "predicted_rate",
@@ -174,9 +177,13 @@ def point_row(point: Point, run: RunResult, resolved: dict, seconds: float) -> d
     """The table row of a finished point (ROW_COLUMNS plus its grid axes)."""
     cfg, s = point.config, run.summary
     hist = _history_values(run)
-    beta0 = resolved["beta0_at_resolve"]
-    beta0 = beta0 if _finite(beta0) else hist.pop("beta0_hist")
-    hist.pop("beta0_hist", None)
+    beta0 = resolved["beta0_at_resolve"]  # certified, of the full kernel (lr = "auto")
+    certificates = certificate_fields(run)
+    if not _finite(beta0):  # the first logged λ_max upper end: certified only on that basis
+        beta0 = hist["beta0_hist"]
+    else:
+        certificates["beta_certified"] = True
+    hist.pop("beta0_hist")
     meta = resolved["data_meta"]
     row: dict[str, Any] = {
         "point": point.label,
@@ -206,7 +213,7 @@ def point_row(point: Point, run: RunResult, resolved: dict, seconds: float) -> d
         "fallback": meta.get("fallback", ""),
         "seconds": seconds,
         **hist,
-        **certificate_fields(run),
+        **certificates,
     }
     for name, value in point.axes.items():
         row.setdefault(name, value)
@@ -286,6 +293,23 @@ def finished_row(point: Point, pdir: Path) -> dict[str, Any] | None:
     if isinstance(row, dict) and row.get("key") == point.key:
         return restore_row(row)
     return None
+
+
+def _check_fallback_still_current(
+    point: Point, row: dict[str, Any], images: ImageCache, out: Path
+) -> None:
+    """A finished point that ran on a fallback dataset is not reused once a dataset before it
+    is available (the rerun has other data): ValueError saying what to do."""
+    if not row.get("fallback"):
+        return
+    now = dataset_now(point.config["data"], images)
+    if now is not None and now != row.get("dataset"):
+        raise ValueError(
+            f"point {point.label} in {out} ran on the fallback dataset {row.get('dataset')} "
+            f"({point.config['data']['dataset']} was not found then), but {now} is available "
+            f"now: the data changed. Use another --out (or delete {out}) to run on {now}, or "
+            "rerun without the data folder to keep the fallback results"
+        )
 
 
 def write_table(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -403,6 +427,7 @@ def _run_points(
                     status = f"interrupted at point {point.label} ({run_status})"
                     break
             else:
+                _check_fallback_still_current(point, row, images, out)
                 reused += 1
             rows.append(row)
             if writes:

@@ -25,6 +25,12 @@ next to the NTK drift): the verdict keeps the two apart. The rate is fitted by l
 on log(L − L*) (numpy) and reported with its R²; below R² = 0.9 the verdict says the fitted
 rate means little.
 
+Labels follow one test, :func:`pl_basis_problem`: only with a certified basis is
+``predicted_rate`` (1 − η·min μ) given (NaN otherwise) and is β (for "η ≤ 1/β") called
+certified (``beta_certified``; a subset or trace kernel's λ_max can be below the full
+kernel's). A run whose loss stays finite but ends above where it started gets the status
+"diverged (finite): …" (:func:`finite_divergence`), not "completed".
+
 Stable window (default): from the first logged step to the last logged step whose
 suboptimality L − L* is above a float floor, floor = max(1e-13 · (L₀ − L*), 1e3 · ε · L₀)
 with ε the dtype's machine epsilon: below it the loss is rounding noise and the linear rate
@@ -58,6 +64,7 @@ SUMMARY_FIELDS = [
 # summary fields where None means "not applicable" (JSON null reads back as None, not NaN)
 NULLABLE_FIELDS = ("envelope_held", "envelope_worst_step", "pl_cert_first_failure")
 MIN_R2 = 0.9  # below it a fitted rate is reported as not meaningful
+CERTIFIED_BASIS = "certified bounds of the full kernel"  # pl_cert_basis when it certifies
 
 
 def _finite(v: Any) -> bool:
@@ -154,6 +161,48 @@ def _pl_certificate(
     return min(v for _, v in lowers), not failing, (failing[0] if failing else None)
 
 
+def pl_basis_problem(summary: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """Why a run's λ columns are not certified PL constants of its training loss (None: they
+    are). The one test every reader uses (summary verdict, plots, study tables): the summary's
+    ``pl_cert_basis``, or for a summary written before that field, the same rule applied to
+    the run's configuration."""
+    basis = summary.get("pl_cert_basis")
+    if isinstance(basis, str):
+        return None if basis == CERTIFIED_BASIS else basis
+    diag = config.get("diagnostics", {})
+    comparable = summary.get("pl_bounds_comparable")
+    if comparable is None:
+        comparable = diag.get("ntk_subset") is None and (
+            diag.get("ntk_compute") == "full" or config.get("k") == 1
+        )
+    l_star = config.get("l_star", 0.0)
+    return _not_certifiable(
+        diag.get("bounds") == "certified", bool(comparable), l_star if _finite(l_star) else -1.0
+    )
+
+
+def beta_is_certified(summary: dict[str, Any], config: dict[str, Any]) -> bool:
+    """True when β (the λ_max upper ends) bounds the full kernel's λ_max: certified bounds of
+    the full kernel (a subset or trace kernel's λ_max can be smaller, so 1/β would be an
+    optimistic step limit)."""
+    return _beta_certified(pl_basis_problem(summary, config))
+
+
+def _beta_certified(basis_problem: str | None) -> bool:
+    return basis_problem is None or basis_problem.startswith("L* < 0")
+
+
+def finite_divergence(history: list[dict[str, Any]], l_star: float) -> str | None:
+    """The status of a run whose loss stayed finite but ended above where it started
+    (L_T − L* > L₀ − L*): "diverged (finite): ..."; None otherwise."""
+    losses = [r["loss"] for r in history if _finite(r.get("loss"))]
+    if len(losses) < 2 or not losses[-1] - l_star > losses[0] - l_star:
+        return None
+    return (
+        f"diverged (finite): L − L* rose from {losses[0] - l_star:.4g} to {losses[-1] - l_star:.4g}"
+    )
+
+
 def _not_certifiable(certified: bool, pl_comparable: bool, l_star: float) -> str | None:
     """Why λ_min_lower is not a certified PL constant of the training loss (None: it is)."""
     if not certified:
@@ -180,6 +229,8 @@ def summarise(
     """The summary record (fields in SUMMARY_FIELDS, plus window, status and notes).
     ``certified``: the λ columns are certified brackets; ``plain_gd``: full-batch GD without
     momentum (the envelope inequality's setting)."""
+    if status == "completed":
+        status = finite_divergence(history, l_star) or status
     first, last = stable_window(history, l_star, eps, window)
     in_window = [r for r in history if first <= r["step"] <= last]
     ntk_rows = [r for r in in_window if _finite(r.get("lambda_min_lower"))]
@@ -207,11 +258,13 @@ def summarise(
         "envelope_worst_ratio": envelope[1],
         "fitted_rate": rate,
         "fit_r2": r2,
-        "predicted_rate": 1.0 - lr * mu if _finite(mu) else math.nan,
+        # only from a certified μ: a subset/trace/uncertified λ_min would predict too fast a rate
+        "predicted_rate": 1.0 - lr * mu if _finite(mu) and basis_problem is None else math.nan,
         "max_param_drift": max(drifts) if drifts else math.nan,
         "L_theta_est": max(lips) if lips else 0.0,
         "mu_region_est_final": regions[-1] if regions else math.nan,
         "step_size_ok": bool(_finite(beta) and lr <= 1.0 / beta),
+        "beta_certified": _beta_certified(basis_problem),
         "stayed_local": bool(
             ntk_rows
             and all(c > 0 for c in regions)
@@ -222,7 +275,7 @@ def summarise(
         "beta_est": beta,
         "status": status,
         "pl_bounds_comparable": pl_comparable,
-        "pl_cert_basis": basis_problem or "certified bounds of the full kernel",
+        "pl_cert_basis": basis_problem or CERTIFIED_BASIS,
         "pl_cert_first_failure": first_failure,
         "envelope_worst_step": envelope[2],
         "envelope_note": _envelope_note(basis_problem, plain_gd, envelope[0]),
@@ -244,21 +297,29 @@ def _envelope_note(basis_problem: str | None, plain_gd: bool, held: bool | None)
 def verdict(s: dict[str, Any]) -> str:
     """One line per part, joined by "; ": PL certificate, region estimate, step size,
     envelope, rate (and the status when the run did not complete)."""
-    if s["status"].startswith("diverged"):
+    if s["status"].startswith("diverged at"):
         return f"{s['status']}: the loss became non-finite; history kept up to that step"
-    parts = [_pl_part(s), _region_part(s)]
-    parts.append("η ≤ 1/β" if s["step_size_ok"] else "η > 1/β (step size not certified stable)")
+    parts = [s["status"]] if s["status"].startswith("diverged") else []
+    parts += [_pl_part(s), _region_part(s), _step_part(s)]
     if s["envelope_held"] is not None:
         held = "held" if s["envelope_held"] else f"violated at step {s['envelope_worst_step']}"
         parts.append(f"PL envelope {held} (worst ratio {s['envelope_worst_ratio']:.3g})")
     parts.append(_rate_part(s))
-    if s["status"] != "completed":
+    if s["status"] != "completed" and not s["status"].startswith("diverged"):
         parts.append(s["status"])
     return "; ".join(p for p in parts if p)
 
 
+def _step_part(s: dict[str, Any]) -> str:
+    if s.get("beta_certified", True):
+        return "η ≤ 1/β" if s["step_size_ok"] else "η > 1/β (step size not certified stable)"
+    # β of a subset/trace/uncertified kernel can be below the full kernel's λ_max
+    side = "≤" if s["step_size_ok"] else ">"
+    return f"η {side} 1/β̂ (β̂ an estimate, not certified: {s['pl_cert_basis']})"
+
+
 def _pl_part(s: dict[str, Any]) -> str:
-    if s["pl_cert_basis"] != "certified bounds of the full kernel":
+    if s["pl_cert_basis"] != CERTIFIED_BASIS:
         return f"PL not certified: {s['pl_cert_basis']}"
     if s["pl_certified_along_path"]:
         return f"PL certified at every NTK step (min μ ≥ {s['pl_cert_min']:.3g})"
@@ -289,7 +350,7 @@ def _rate_part(s: dict[str, Any]) -> str:
     if not (_finite(r2) and r2 >= MIN_R2):
         return f"fitted rate {rate:.6g} not meaningful (R² {r2:.2f} < {MIN_R2})"
     if not _finite(predicted):
-        return f"fitted rate {rate:.6g} per step (R² {r2:.3f})"
+        return f"fitted rate {rate:.6g} per step (R² {r2:.3f}; no certified μ to predict from)"
     ok = rate <= predicted + 1e-12
     return (
         f"fitted rate {rate:.6g} per step {'≤' if ok else '>'} predicted {predicted:.6g} "

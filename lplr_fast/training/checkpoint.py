@@ -39,6 +39,16 @@ _RESULTS = (HISTORY_CSV, HISTORY_JSON, SUMMARY_CSV, SUMMARY_JSON, CONFIG_JSON)
 _RUN_FILES = (DERIVED, CHECKPOINT, *_RESULTS)
 
 
+class RunFolderError(ValueError):
+    """The run folder holds another run, or one this call cannot continue. ``reason`` says
+    what is wrong without the Python-level advice (command lines add their own), ``folder``
+    is the run folder."""
+
+    def __init__(self, reason: str, folder: Path) -> None:
+        super().__init__(f"{reason}; use another out_dir or resume=False to start over")
+        self.reason, self.folder = reason, folder
+
+
 class RunFolderInUseError(ValueError):
     """Another process holds the run folder's lock (it is running this run now)."""
 
@@ -119,15 +129,16 @@ class Checkpointer:
             raise DamagedFileError(path, f"{exc.problem}; {_remedy(self.out, name)}") from None
         found = saved.get("format") if isinstance(saved, dict) else None
         if found != FORMAT:
-            raise ValueError(
-                f"{path} was written by another version of lplr_fast (format "
-                f"{found}, expected {FORMAT}); use another out_dir or resume=False"
+            raise RunFolderError(
+                f"{path} was written by another version of lplr_fast (format {found}, "
+                f"expected {FORMAT})",
+                self.out,
             )
         changed = identity_changes(saved["identity"], self.identity)
         if changed:
-            raise ValueError(
-                f"{path} belongs to a different run (differs in {describe_changes(changed)}); use "
-                "another out_dir or resume=False to start over"
+            raise RunFolderError(
+                f"{path} belongs to a different run (differs in {describe_changes(changed)})",
+                self.out,
             )
         return saved
 
@@ -145,9 +156,9 @@ class Checkpointer:
         if saved is None:
             return None
         if not (self.out / DERIVED).is_file():
-            raise ValueError(
-                f"{self.out} holds a checkpoint but no {DERIVED}: the folder is incomplete; "
-                "use resume=False to start over"
+            raise RunFolderError(
+                f"{self.out} holds a checkpoint but no {DERIVED}: the folder is incomplete",
+                self.out,
             )
         saved["state"] = RunState.from_dict(saved["state"])
         return saved

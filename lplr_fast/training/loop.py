@@ -27,7 +27,7 @@ from torch import nn
 from ..ntk.validation import check_model, trainable_parameters
 from ..spectrum import as_matrix, eig_bounds
 from .analysis import summarise
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, RunFolderError
 from .config import LOSSES, Diagnostics, loss_scale
 from .parallel import SingleProcess, current
 from .progress import Progress
@@ -231,7 +231,7 @@ def train(
             (nothing is recomputed); a folder of another run is refused before anything is
             loaded into ``model``.
         checkpoint_every: steps between checkpoints (default ``diagnostics.ntk_every``).
-        progress: show a progress line (step, loss, PL ratio, ETA) on stderr.
+        progress: show a progress bar (tqdm: steps, ETA, latest loss and PL ratio) on stderr.
         on_step: called with the step index at the start of every step, before anything of
             that step is computed. Raising :class:`StopTraining` (or KeyboardInterrupt)
             there stops the run like Ctrl-C; any other exception aborts it like a crash (the
@@ -299,7 +299,7 @@ def train(
             subset.to(device), optimizer, batch_size, loss, l_star, steps, diag, derived,
             parallel,
         )  # fmt: skip
-        state = _resumable(state, steps)
+        state = _resumable(state, steps, store.out if store is not None else None)
         _run(ctx, state, store, every_ckpt, progress, on_step, identity)
         return _result(state, identity, derived, diag, out_dir)
 
@@ -414,25 +414,26 @@ def _read_start(store, resume, model, params, opt, gen):
     saved = store.load_checkpoint()
     if saved is None:
         if derived is not None and not same_parameters(params, derived.theta0):
-            raise ValueError(
+            raise RunFolderError(
                 f"{store.out} holds the start of this run but the model's parameters differ "
-                "from its initial ones; pass the same initial model, another out_dir, or "
-                "resume=False"
+                "from its initial ones (pass the same initial model)",
+                store.out,
             )
         return None, derived, None
     _restore(saved, model, opt, gen)
     return saved["state"], derived, saved
 
 
-def _resumable(state: RunState | None, steps: int) -> RunState:
+def _resumable(state: RunState | None, steps: int, folder: Path | None) -> RunState:
     """The state to run from: a fresh one, or the saved one without the rows of steps that
     will be computed again (a completed run extended to more steps continues)."""
     if state is None:
         return RunState()
     if state.next_step > steps:
-        raise ValueError(
-            f"the run in this folder is already at step {state.next_step}; steps={steps} "
-            "cannot shrink it (use another out_dir or resume=False)"
+        raise RunFolderError(
+            f"the run in {folder} is already at step {state.next_step}; steps={steps} cannot "
+            "shrink it",
+            Path(folder or "."),
         )
     state.history = [r for r in state.history if r["step"] < state.next_step]
     state.status = "running"
@@ -450,8 +451,8 @@ def _run(
 ) -> None:
     """Steps from ``state.next_step`` until the run ends or is stopped; checkpoints at step
     boundaries. On return ``state`` is the state to store and report."""
-    bar = Progress(ctx.steps, progress and ctx.parallel.writes)
     start = state.next_step
+    bar = Progress(ctx.steps, progress and ctx.parallel.writes, start)
 
     def checkpoint(saved: RunState) -> None:
         if store is None:

@@ -1,38 +1,31 @@
-"""A one-line progress display on stderr: step, loss, PL ratio and ETA."""
+"""The progress display of a training run: a tqdm bar on stderr (steps done, ETA) with the
+latest logged loss and PL ratio."""
 
 from __future__ import annotations
 
-import math
-import sys
-import time
+from typing import Any
 
 
 class Progress:
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self.t0 = self.last = time.monotonic()
-        self.first_step: int | None = None
+    """``update`` at logged steps; nothing is shown unless ``enabled``. A resumed run starts
+    the bar at its first step."""
+
+    def __init__(self, total: int, enabled: bool, start: int = 0) -> None:
+        self.bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", desc="train", leave=True)
 
     def update(self, step: int, loss: float, pl: float, force: bool = False) -> None:
-        if not self.enabled:
+        """Steps done = ``step``; the postfix shows ``loss`` and ``pl`` (the PL ratio)."""
+        if self.bar is None:
             return
-        now = time.monotonic()
-        if self.first_step is None:
-            self.first_step = step
-        if not force and now - self.last < 0.5:
-            return
-        self.last = now
-        done = step - self.first_step
-        eta = (now - self.t0) / done * (self.total - step) if done > 0 else math.nan
-        eta_s = f"{eta:6.0f}s" if math.isfinite(eta) else "     ?"
-        width = 24
-        filled = int(width * step / max(self.total, 1))
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] step {step}/{self.total} "
-            f"loss {loss:.4e} pl {pl:.3e} ETA {eta_s}"
-        )
-        sys.stderr.flush()
+        self.bar.set_postfix_str(f"loss {loss:.4e} pl {pl:.3e}", refresh=False)
+        self.bar.update(step - self.bar.n)
+        if force:
+            self.bar.refresh()
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
