@@ -15,6 +15,7 @@ from lplr_fast import Diagnostics, RunResult, eig_bounds, empirical_ntk, train
 from lplr_fast.cli import main as cli_main
 from lplr_fast.spectrum import as_matrix
 from lplr_fast.training import StopTraining
+from lplr_fast.training.checkpoint import RunFolderInUseError
 from lplr_fast.training.config import loss_scale
 
 
@@ -388,7 +389,7 @@ def test_a_run_folder_in_use_is_refused(tmp_path):
 
     def nested(step: int) -> None:
         if step == 1 and not seen:  # a second run of the same folder while the first runs
-            with pytest.raises(RuntimeError, match="in use by another running process"):
+            with pytest.raises(RunFolderInUseError, match="in use by another running process"):
                 train(wide_mlp(width=32), x, y, **kwargs)
             seen.append(step)
 
