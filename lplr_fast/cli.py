@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -266,6 +267,25 @@ def _plot(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    code = _run(args)
+    from .distributed.launch import launched
+
+    if launched():
+        _exit_without_cxx_teardown(code)
+    return code
+
+
+def _exit_without_cxx_teardown(code: int) -> None:
+    """Leave a torchrun worker now: its results are written and the group is left, but the
+    C++ teardown of the Gloo/TCPStore threads at interpreter exit has aborted ranks on a
+    loaded machine ("terminate called without an active exception"), which torchrun then
+    reports as a failed job."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "info":
         print(json.dumps(backend_info(), indent=2, default=str))
         return 0

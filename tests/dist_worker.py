@@ -176,6 +176,41 @@ def mismatch(out: Path) -> dict:
     return {"error": None}
 
 
+def arguments(out: Path) -> dict:
+    """Rank 1 passes another value of an argument that decides the collectives: every rank
+    must raise a DistributedError naming it at once (not hang until the group's timeout)."""
+    model, x, _ = model_and_data(11)
+    rank = dist.get_rank()
+    found: dict = {}
+
+    def attempt(name, call):
+        try:
+            call()
+            found[name] = None
+        except D.DistributedError as exc:
+            found[name] = str(exc)
+
+    store = out / "store-args"
+    one = {"block_size": None if rank == 1 else 4}
+    attempt("block_size", lambda: D.empirical_ntk(model, x, store=store, **one))
+    one = {"timeout": 5} if rank == 1 else {}
+    attempt("timeout", lambda: D.empirical_ntk(model, x, store=store, block_size=4, **one))
+    res = D.empirical_ntk(model, x, store=store, block_size=4)
+    one = {"dense_limit": 0} if rank == 1 else {}
+    attempt("dense_limit", lambda: D.store_bounds(res.store, **one))
+    one = {"rtol": 1e-2} if rank == 1 else {}
+    attempt("rtol", lambda: D.store_bounds(res.store, **one))
+    op = D.DistributedNTKOperator(model, x)
+    one = {"max_iter": 3} if rank == 1 else {}
+    attempt("max_iter", lambda: D.lanczos_bounds(op, **one))
+    one = {"seed": 1} if rank == 1 else {}
+    attempt("seed", lambda: D.lanczos_bounds(op, **one))
+    if rank == 1:  # another device's default limit on rank 1: rank 0's decides for all
+        D.operator.device_dense_limit = lambda device: 0
+    found["dense"] = D.store_bounds(res.store, lanczos=False).dense
+    return found
+
+
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)
@@ -194,6 +229,8 @@ def main() -> None:
             found = failing(out)
         elif scenario == "mismatch":
             found = mismatch(out)
+        elif scenario == "arguments":
+            found = arguments(out)
         elif scenario == "train":
             from tests.dist_train import run as run_train
 

@@ -150,6 +150,24 @@ def test_ranks_with_different_data_are_refused(tmp_path):
     assert not (tmp_path / "store-mismatch").exists()  # refused before any work
 
 
+def test_arguments_that_decide_collectives_must_agree(tmp_path):
+    found = results(tmp_path, 2, launch("arguments", 2, tmp_path, deadline=100))
+    expected = {
+        "block_size": "rank 0 4, rank 1 None",
+        "timeout": "rank 0 None, rank 1 5.0",
+        "dense_limit": "rank 0 None, rank 1 0",
+        "rtol": "rank 0 1e-06, rank 1 0.01",
+        "max_iter": "rank 0 300, rank 1 3",
+        "seed": "rank 0 0, rank 1 1",
+    }
+    for got in found:
+        for name, values in expected.items():
+            assert got[name] is not None and "disagree" in got[name], name
+            assert f"{name}: {values}" in got[name], got[name]
+        assert got["dense"] is not None  # rank 0's default dense limit, on every rank
+    assert same_bounds(found[0]["dense"], found[1]["dense"])
+
+
 def test_a_failing_rank_fails_every_rank(tmp_path):
     found = results(tmp_path, 3, launch("failing", 3, tmp_path))
     assert found[1]["error"].startswith("OSError") and "No space" in found[1]["error"]
@@ -293,3 +311,25 @@ def test_benchmark_group_smoke():
     rows: list[dict] = []
     group_distributed(torch.device("cpu"), rows, True, 0.0, smoke=True)
     assert len(rows) == 5 and all(r["median_s"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("compute", ["full", "trace", "diagonal"])
+def test_sharded_probe_covers_every_sample_and_takes_the_verify_options(tmp_path, compute):
+    """One process: a kernel wrong only on samples the routing check does not see is caught
+    in every mode (review 11, item 2); "sampled" / "off" accepted, anything else refused."""
+    from tests.test_ntk_regressions import outlier_inputs
+    from tests.zoo import OutlierHead
+
+    torch.manual_seed(0)
+    model = OutlierHead().double()
+    x = outlier_inputs(20, [11, 17], seed=4)
+    with pytest.raises(lplr_fast.ProbeMismatchError):
+        D.empirical_ntk(model, x, store=tmp_path / "a", compute=compute, block_size=8)
+    res = D.empirical_ntk(model, x, store=tmp_path / "b", compute=compute, verify="off")
+    assert res.probe is None
+    model, x = small()
+    res = D.empirical_ntk(model, x, store=tmp_path / "c", compute=compute, verify="sampled")
+    assert res.probe.passed
+    assert res.probe.samples == (9 if compute == "full" else 4)
+    with pytest.raises(ValueError, match="verify must be"):
+        D.empirical_ntk(model, x, store=tmp_path / "d", compute=compute, verify="Probe")

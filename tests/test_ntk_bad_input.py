@@ -23,9 +23,10 @@ def test_feature_shape_mismatch(model):
         )
 
 
-def test_integer_input_to_non_embedding_model(model):
-    with pytest.raises(TypeError, match=r"integer dtype .* no nn.Embedding"):
-        empirical_ntk(model, torch.ones(3, 6, dtype=torch.long))
+def test_integer_input_the_model_cannot_take(model):
+    for implementation in ("structured", "jacobian"):
+        with pytest.raises(TypeError, match=r"x1 has dtype torch.int64 .*floating-point"):
+            empirical_ntk(model, torch.ones(3, 6, dtype=torch.long), implementation=implementation)
 
 
 def test_integer_input_to_embedding_model_is_fine():

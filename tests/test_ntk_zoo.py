@@ -12,7 +12,7 @@ from torch import nn
 
 from lplr_fast import empirical_ntk, ntk_blocks
 
-from .zoo import ZOO, K, build, inputs
+from .zoo import REFUSED, ZOO, K, build, build_refused, inputs
 
 MODES = ("full", "trace", "diagonal")
 
@@ -275,3 +275,30 @@ def test_reentrant_checkpoint_error_names_the_fix():
     with pytest.raises(RuntimeError, match="use_reentrant=False"):
         empirical_ntk(model, torch.randn(3, 6, dtype=torch.float64))
     assert_same_state(before, state(model))
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_model_gets_a_clear_error_and_is_untouched(name):
+    """Models without a well-defined per-sample NTK (or that the structured path cannot
+    follow) are refused with a message naming the cause and what to do, for every mode."""
+    _, kind, error, pattern = REFUSED[name]
+    gen = torch.Generator().manual_seed(11)
+    model = build_refused(name)
+    x = inputs(kind, 6, gen)
+    before = state(model) if name != "lazy_uninitialised" else None
+    x_before = x.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for compute in MODES:
+            with pytest.raises(error, match=pattern):
+                empirical_ntk(model, x, compute=compute, block_size=4)
+            if before is not None:
+                assert_same_state(before, state(model))
+            assert torch.equal(x, x_before)
+
+
+def test_mixture_of_experts_runs_with_the_reference_it_names():
+    gen = torch.Generator().manual_seed(12)
+    model = build_refused("mixture_of_experts")
+    x = inputs("vector", 8, gen)
+    assert empirical_ntk(model, x, implementation="jacobian").shape == (8, 8, K, K)

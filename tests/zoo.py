@@ -25,7 +25,8 @@ K = 3
 
 
 def inputs(kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
-    """n samples of the input kind, float64 (token ids for the embedding kinds)."""
+    """n samples of the input kind, float64 (token ids for the embedding kinds, booleans for
+    "bits")."""
     shapes = {
         "vector": (6,),
         "image": (2, 7, 7),
@@ -35,6 +36,8 @@ def inputs(kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
     }
     if kind == "tokens":
         return torch.randint(0, 11, (n, 4), generator=gen)
+    if kind == "bits":
+        return torch.rand(n, 6, generator=gen) > 0.5
     return torch.randn(n, *shapes[kind], generator=gen, dtype=torch.float64)
 
 
@@ -597,6 +600,119 @@ class MergedBatch(nn.Module):
         return self.out(torch.tanh(self.a(x.reshape(n * t, d))).reshape(n, t, -1).mean(dim=1))
 
 
+class GradByFrequency(nn.Module):
+    """nn.Embedding(scale_grad_by_freq=True): its backward scales by token counts in the batch,
+    so a batch's gradient is not the sum of the samples' gradients (review 11, item 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 4, scale_grad_by_freq=True)
+        self.out = nn.Linear(16, K)
+
+    def forward(self, idx):
+        return self.out(torch.tanh(self.emb(idx).flatten(1)))
+
+
+class MixGradients(torch.autograd.Function):
+    """Identity forward; the backward mixes the samples' cotangents (0 for a single sample)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g + 0.5 * (g.sum(dim=0, keepdim=True) - g)
+
+
+class BackwardCoupled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, K)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.b(MixGradients.apply(torch.tanh(self.a(x))))))
+
+
+class SpectralNormTwice(nn.Module):
+    """One spectral-normalised layer applied twice in train mode: each call runs a power
+    iteration on its buffers, so the second call sees the first call's update (item 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(6, 5)
+        self.sn = parametrizations.spectral_norm(nn.Linear(5, 5))
+        self.l2 = nn.Linear(5, K)
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.sn(torch.tanh(self.sn(self.l1(x))))))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.sn.train(True)  # stays in train mode under .eval()
+        return self
+
+
+class Standardise(nn.Module):
+    def forward(self, x):
+        return x.sub_(0.5).mul_(2.0)  # in-place preprocessing of the model's own input
+
+
+class InPlaceOnInput(nn.Module):
+    """In-place ops on the model's input (item 6): the caller's x must stay unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.a, self.out = Standardise(), nn.Linear(6, 5), nn.Linear(5, K)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.a(self.act(self.pre(x)))))
+
+
+class ParameterTable(nn.Module):
+    """Integer inputs indexing a bare nn.Parameter (no nn.Embedding, item 8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(11, 4))
+        self.out = nn.Linear(4, K)
+
+    def forward(self, idx):
+        return self.out(torch.tanh(self.table[idx].mean(dim=1)))
+
+
+class OneHot(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(11, 5), nn.Linear(5, K)
+
+    def forward(self, idx):
+        hot = F.one_hot(idx, 11).to(self.a.weight.dtype).sum(dim=1)
+        return self.out(torch.tanh(self.a(hot)))
+
+
+class BoolMask(nn.Module):
+    """Boolean inputs (a feature mask) converted inside forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(6, 5), nn.Linear(5, K)
+
+    def forward(self, mask):
+        return self.out(torch.tanh(self.a(mask.to(self.a.weight.dtype) - 0.5)))
+
+
+class SparseEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 4, sparse=True)
+        self.out = nn.Linear(16, K)
+
+    def forward(self, idx):
+        return self.out(torch.tanh(self.emb(idx).flatten(1)))
+
+
 def _frozen_mlp() -> nn.Module:
     model = mlp(k=K)
     model[0].weight.requires_grad_(False)
@@ -683,6 +799,14 @@ ZOO: dict[str, tuple[object, str]] = {
     "checkpointed": (Checkpointed, "vector"),
     "in_place_input": (InPlaceInput, "vector"),
     "merged_batch_axis": (MergedBatch, "sequence"),
+    "embedding_grad_by_freq": (GradByFrequency, "tokens"),
+    "backward_couples_samples": (BackwardCoupled, "vector"),
+    "spectral_norm_twice_train": (SpectralNormTwice, "vector"),
+    "in_place_on_input": (InPlaceOnInput, "vector"),
+    "parameter_table": (ParameterTable, "tokens"),
+    "one_hot_input": (OneHot, "tokens"),
+    "bool_input": (BoolMask, "bits"),
+    "embedding_sparse": (SparseEmbedding, "tokens"),
 }
 
 
@@ -691,3 +815,119 @@ def build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = builder().double()  # type: ignore[operator]
     return model.eval()
+
+
+class OutlierHead(Head):
+    """Samples with a large first feature also pass through the head's weight functionally:
+    the extra path shows only on those samples (review 11, item 2)."""
+
+    def forward(self, x):
+        h = torch.tanh(self.body(x))
+        y = self.head(h)
+        return torch.where(x[:, :1] > 3.0, y + F.linear(h, self.head.weight), y)
+
+
+class MixtureOfExperts(nn.Module):
+    """Top-1 routing: each expert sees only the samples the gate sends it (item 7)."""
+
+    def __init__(self, d: int = 6, experts: int = 3) -> None:
+        super().__init__()
+        self.gate = nn.Linear(d, experts)
+        self.experts = nn.ModuleList([nn.Linear(d, d) for _ in range(experts)])
+        self.head = nn.Linear(d, K)
+
+    def forward(self, x):
+        idx = self.gate(x).argmax(dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            sel = idx == e
+            if sel.any():
+                out = out.index_put((sel,), expert(x[sel]))
+        return self.head(torch.tanh(out))
+
+
+class MaxNormEmbedding(nn.Module):
+    """nn.Embedding(max_norm=...) renormalises looked-up rows of its weight in place (item 5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 4, max_norm=1.0)
+        with torch.no_grad():
+            self.emb.weight.mul_(3.0)
+        self.out = nn.Linear(16, K)
+
+    def forward(self, idx):
+        return self.out(self.emb(idx).flatten(1))
+
+
+class ClampsOwnWeight(nn.Module):
+    """A user layer that clips its weight in place during forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(3 * torch.randn(6, K))
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.w.clamp_(-1.0, 1.0)
+        return torch.tanh(x @ self.w)
+
+
+class AttentionDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.att = nn.MultiheadAttention(4, 2, dropout=0.1, batch_first=True)
+        self.out = nn.Linear(4, K)
+
+    def forward(self, x):
+        return self.out(self.att(x, x, x)[0].mean(dim=1))
+
+
+class FunctionalDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(6, 5), nn.Linear(5, K)
+
+    def forward(self, x):
+        return self.out(F.dropout(torch.tanh(self.a(x)), p=0.2, training=True))
+
+
+class RandomReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.act, self.out = nn.Linear(6, 5), nn.RReLU(), nn.Linear(5, K)
+
+    def forward(self, x):
+        return self.out(self.act(self.a(x)))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.act.train(True)  # the random slope stays on under .eval()
+        return self
+
+
+def _lazy() -> nn.Module:
+    return nn.Sequential(nn.LazyLinear(5), nn.Tanh(), nn.Linear(5, K))
+
+
+# Models refused with a clear error (review 11): name → (builder, input kind, error type,
+# pattern the message must match). The model must be left untouched by the refusing call.
+REFUSED: dict[str, tuple[object, str, type, str]] = {
+    "mixture_of_experts": (
+        MixtureOfExperts, "vector", RuntimeError, r"routes samples.*implementation='jacobian'"
+    ),
+    "max_norm_embedding": (MaxNormEmbedding, "tokens", ValueError, r"max_norm.*in place"),
+    "clamps_own_weight": (ClampsOwnWeight, "vector", ValueError, r"'w'.*in place"),
+    "attention_dropout_train": (AttentionDropout, "sequence", ValueError, r"random.*eval\(\)"),
+    "functional_dropout": (FunctionalDropout, "vector", ValueError, r"random.*eval\(\)"),
+    "rrelu_train": (RandomReLU, "vector", ValueError, r"random.*eval\(\)"),
+    "lazy_uninitialised": (_lazy, "vector", ValueError, r"uninitiali[sz]ed.*LazyLinear"),
+}  # fmt: skip
+
+
+def build_refused(name: str, seed: int = 0) -> nn.Module:
+    builder = REFUSED[name][0]
+    torch.manual_seed(seed)
+    model = builder().double()  # type: ignore[operator]
+    random = name in ("attention_dropout_train", "functional_dropout")
+    return model.train() if random else model.eval()

@@ -29,7 +29,11 @@ def add_parser(sub: Any) -> None:
         help="kernel layout (default: the config's diagnostics.ntk_compute)",
     )  # fmt: skip
     cmd.add_argument("--block-size", type=int, default=None, help="samples per tile side")
-    cmd.add_argument("--backend", choices=("npy", "zarr"), default="npy", help="store format")
+    cmd.add_argument(
+        "--backend", choices=("npy", "zarr"), default=None,
+        help="store format of a new store (default npy; an existing store keeps its own, and "
+        "another one given here is refused)",
+    )  # fmt: skip
     cmd.add_argument("--device", default="cpu", help="cpu or cuda (cuda:LOCAL_RANK per rank)")
     cmd.add_argument("--data-dir", default=None, help="dataset folder (default $LPLR_DATA_DIR)")
     cmd.add_argument("--no-verify", action="store_true", help="skip the probe self-check")

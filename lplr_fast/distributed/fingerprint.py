@@ -1,17 +1,38 @@
 """What identifies a kernel: the model (structure, parameters, buffers, which parameters are
-trained), the data and the options that change its numbers. A store made for one fingerprint
-refuses any other, so tiles of different kernels never mix."""
+trained, and the plain Python state its modules keep), the data and the options that change
+its numbers. A store made for one fingerprint refuses any other, so tiles of different
+kernels never mix.
+
+The model's Python state: every entry of every submodule's ``__dict__`` that ``nn.Module``
+does not manage itself (``input_scales = [0.5, 1.0]``, ``self.act = "tanh"``, a tensor kept as
+a plain attribute, a function), serialised deterministically: numbers exactly (floats as
+``float.hex``), strings, None, tuples/lists/dicts/sets of those, tensors by their bytes,
+classes by their qualified name, functions by name, constants, defaults and captured values
+(``functools.partial`` by function and arguments), other objects by their type and their own
+``__dict__`` (or, lacking one, their ``repr`` without memory addresses). Forward hooks are
+named too. State the fingerprint cannot see (globals, closures' captured values, a C
+extension's hidden fields) is caught instead by the numerical check of a reused store
+(:mod:`.kernel`: one stored tile recomputed and compared before the rest is adopted).
+"""
 
 from __future__ import annotations
 
+import enum
+import functools
 import hashlib
 import re
+import types
 from typing import Any
 
 import torch
 from torch import nn
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_DEPTH = 8  # nesting depth serialised; deeper structures count by type only
+# what nn.Module keeps in __dict__ itself (parameters, buffers and submodules are hashed
+# separately; hooks by name below)
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__) - {"training"}
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 def _update_tensor(digest: Any, name: str, t: torch.Tensor) -> None:
@@ -23,9 +44,87 @@ def _update_tensor(digest: Any, name: str, t: torch.Tensor) -> None:
     digest.update(data.numpy().tobytes())
 
 
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def plain_state(value: Any, depth: int = 0) -> Any:
+    """A deterministic, picklable and JSON-able description of ``value`` (module docstring):
+    equal for equal values in any process, different when a number, string or structure
+    differs. Tensors become ("tensor", shape, dtype, sha256 of their bytes)."""
+    if depth > _DEPTH:
+        return ("deep", _qualname(type(value)))
+    if value is None or isinstance(value, bool | int | str | bytes):
+        return value if not isinstance(value, bytes) else ("bytes", value.hex())
+    if isinstance(value, float):
+        return ("float", value.hex())
+    if isinstance(value, complex):
+        return ("complex", value.real.hex(), value.imag.hex())
+    if isinstance(value, enum.Enum):
+        return ("enum", _qualname(type(value)), value.name)
+    if isinstance(value, torch.Tensor):
+        digest = hashlib.sha256()
+        _update_tensor(digest, "", value)
+        return ("tensor", tuple(value.shape), str(value.dtype), digest.hexdigest())
+    if isinstance(value, torch.dtype):
+        return ("dtype", str(value))
+    if isinstance(value, torch.device):
+        return ("device", value.type)  # cuda:LOCAL_RANK differs between ranks, not the model
+    if isinstance(value, nn.Module):
+        return ("module", _qualname(type(value)))  # hashed in full as a submodule
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [plain_state(v, depth + 1) for v in value])
+    if isinstance(value, dict):
+        items = [(plain_state(k, depth + 1), plain_state(v, depth + 1)) for k, v in value.items()]
+        return ("dict", sorted(items, key=repr))
+    if isinstance(value, set | frozenset):
+        return ("set", sorted((plain_state(v, depth + 1) for v in value), key=repr))
+    if isinstance(value, types.FunctionType):
+        return _function_state(value, depth)
+    if isinstance(value, functools.partial):
+        parts = (value.func, value.args, value.keywords)
+        return ("partial", plain_state(parts, depth + 1))
+    if isinstance(value, types.BuiltinFunctionType | type):
+        return ("callable", _qualname(value))
+    if isinstance(value, types.MethodType):
+        return ("method", _qualname(value.__func__), plain_state(value.__self__, depth + 1))
+    state = getattr(value, "__dict__", None)
+    if isinstance(state, dict) and not isinstance(value, types.ModuleType):
+        return ("object", _qualname(type(value)), plain_state(state, depth + 1))
+    return ("repr", _qualname(type(value)), _ADDRESS.sub("", repr(value)))
+
+
+def _function_state(fn: types.FunctionType, depth: int) -> Any:
+    """A Python function by name, constants, defaults and captured values (so that
+    ``lambda h: h * 2.0`` and ``lambda h: h * 3.0`` differ); its byte code and source
+    location are left out (they change with the Python version and install path)."""
+    code = fn.__code__
+    consts = [c for c in code.co_consts if not isinstance(c, types.CodeType)]
+    cells = []
+    for cell in fn.__closure__ or ():
+        try:
+            cells.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            cells.append(None)
+    parts = (consts, fn.__defaults__, fn.__kwdefaults__, cells)
+    return ("function", _qualname(fn), plain_state(parts, depth + 1))
+
+
+def module_state(module: nn.Module) -> dict[str, Any]:
+    """The Python state of one module (not its parameters, buffers or submodules)."""
+    out = {k: plain_state(v) for k, v in sorted(module.__dict__.items())
+           if k not in _MODULE_INTERNALS}  # fmt: skip
+    for hooks in _HOOKS:
+        found = getattr(module, hooks, None)
+        if found:
+            out[hooks] = [plain_state(h) for h in found.values()]
+    return out
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 (hex) of the model's class, structure (repr), every parameter and buffer (name,
-    shape, dtype, bytes) and which parameters require gradients."""
+    shape, dtype, bytes), which parameters require gradients, and every submodule's plain
+    Python state (:func:`module_state`: e.g. the scales an MLP's forward multiplies by)."""
     digest = hashlib.sha256()
     structure = _ADDRESS.sub("", repr(model))  # object addresses differ between processes
     digest.update(f"{type(model).__module__}.{type(model).__qualname__}\n{structure}\n".encode())
@@ -33,6 +132,9 @@ def model_fingerprint(model: nn.Module) -> str:
         _update_tensor(digest, f"p:{name}:{p.requires_grad}", p)
     for name, b in model.named_buffers(remove_duplicate=False):
         _update_tensor(digest, f"b:{name}", b)
+    for name, module in model.named_modules(remove_duplicate=False):
+        state = module_state(module)
+        digest.update(f"s:{name}:{_qualname(type(module))}:{state!r}\n".encode())
     return digest.hexdigest()
 
 
@@ -47,4 +149,4 @@ def data_fingerprint(*tensors: torch.Tensor | None) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["data_fingerprint", "model_fingerprint"]
+__all__ = ["data_fingerprint", "model_fingerprint", "module_state", "plain_state"]

@@ -165,13 +165,24 @@ def agree(value: Any, what: str, group: Any = None) -> None:
         other = everyone[differing[0]][1]
         if isinstance(first_value, dict) and isinstance(other, dict):
             keys = sorted(
-                k for k in set(first_value) | set(other) if first_value.get(k) != other.get(k)
+                (k for k in set(first_value) | set(other) if first_value.get(k) != other.get(k)),
+                key=str,
             )
-            detail = f" (they differ in: {', '.join(map(str, keys))})"
+            shown = [0, *differing[:3]]
+            values = "; ".join(
+                f"{k}: " + ", ".join(f"rank {r} {_short(everyone[r][1], k)}" for r in shown)
+                for k in keys[:4]
+            )
+            detail = f" (they differ in: {', '.join(map(str, keys))}; {values})"
         raise DistributedError(
             f"the ranks disagree about the {what}: rank(s) {differing} differ from rank 0"
             f"{detail}. Every rank must be started with the same model, data and options."
         )
+
+
+def _short(values: Any, key: Any) -> str:
+    text = repr(values.get(key)) if isinstance(values, dict) else "?"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 __all__ = [

@@ -18,10 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..ntk.engine import TileSource, tile_source
+from ..ntk.engine import VERIFY_OPTIONS, TileSource, tile_source
 from ..ntk.probe import ProbeMismatchError, ProbeReport
 from ..spectrum import SpectrumBounds, StreamingBounds
 from .fingerprint import data_fingerprint, model_fingerprint
@@ -36,7 +37,15 @@ from .group import (
 )
 from .probe import ShardedProbe
 from .schedule import Tile, split
-from .store import Backend, StoredKernel, StoreError, TileStore, create_or_check, job_lock
+from .store import (
+    Backend,
+    StoredKernel,
+    StoreError,
+    TileStore,
+    create_or_check,
+    job_lock,
+    prepare_folder,
+)
 
 STORE_VERSION_NOTE = "lplr_fast.distributed.empirical_ntk"
 
@@ -126,22 +135,37 @@ def prepare(
 
 
 def _open_store(
-    path: str | Path, backend: Backend, config: dict[str, Any], group: Any, stack: Any
+    path: str | Path,
+    backend: Backend | None,
+    src: TileSource,
+    config: dict[str, Any],
+    group: Any,
+    stack: Any,
 ) -> tuple[TileStore, set[Tile]]:
-    """Rank 0 creates or checks the store, locks it for this job and lists its finished
-    tiles; everyone gets its verdict and the list (one view of the store for all ranks)."""
+    """Rank 0 locks the store for this job, then (holding the lock, so that two jobs never
+    both create it) creates or checks it, lists its finished tiles and recomputes one of
+    them (:func:`check_reused`); everyone gets its verdict and the list (one view of the
+    store for all ranks)."""
     rank, _ = rank_and_size(group)
     verdict: tuple[str, Any] = ("ok", None)
     if rank == 0:
         try:
-            create_or_check(path, backend, config)
+            prepare_folder(path)
             stack.enter_context(job_lock(path))
-            verdict = ("ok", sorted(TileStore(path).done(refresh=True)))
+            create_or_check(path, backend, config)
+            reader = TileStore(path)
+            done = reader.done(refresh=True)
+            check_reused(src, reader, done)
+            verdict = ("ok", sorted(done))
         except (StoreError, ValueError, OSError) as exc:
             verdict = ("error", str(exc))
+        except Exception as exc:  # e.g. out of memory in the check: every rank must hear it
+            verdict = ("failed", f"{type(exc).__name__}: {exc}")
     verdict = broadcast(verdict, "opening the tile store", group)
-    if verdict[0] != "ok":
+    if verdict[0] == "error":
         raise StoreError(verdict[1])
+    if verdict[0] == "failed":
+        raise DistributedError(f"rank 0 failed while opening the store {path}: {verdict[1]}")
     try:
         store: TileStore | None = TileStore(path)
         problem = None
@@ -158,6 +182,42 @@ def _open_store(
     return store, {tuple(t) for t in verdict[1]}  # type: ignore[misc]
 
 
+REUSE_CHECK_ULPS = 1024  # a recomputed tile may differ from the stored one by rounding
+# (another device or thread count); a different kernel differs by far more
+
+
+def check_reused(src: TileSource, store: StoredKernel, done: Any) -> None:
+    """Before finished tiles are adopted: recompute one of them (the first finished tile on
+    the block diagonal, else the first finished one) and compare it with the stored bytes,
+    bitwise or to rounding (≤ REUSE_CHECK_ULPS·eps·max|entry|). The fingerprint cannot see
+    every kind of model state (globals, closures); this catches a store of another model
+    that slipped through it. A damaged candidate is skipped (the read-back reports it)."""
+    candidates = sorted(done, key=lambda t: (t[0] != t[1], t))[:3]
+    for tile in candidates:
+        try:
+            stored = store.tile(tile)
+        except StoreError:
+            continue
+        fresh = next(iter(src.tiles(only=[tile])))[2].detach().cpu().numpy()
+        if fresh.shape == stored.shape and np.array_equal(fresh, stored, equal_nan=True):
+            return
+        if fresh.shape == stored.shape and np.isfinite(fresh).all() and np.isfinite(stored).all():
+            scale = float(max(np.abs(fresh).max(initial=0), np.abs(stored).max(initial=0)))
+            diff = float(np.abs(fresh - stored).max(initial=0))
+            if diff <= REUSE_CHECK_ULPS * np.finfo(stored.dtype).eps * scale:
+                return
+            detail = f"differs from the stored one by up to {diff:.3g} (largest entry {scale:.3g})"
+        else:
+            detail = "does not match the stored one (shape or non-finite entries)"
+        raise StoreError(
+            f"the store {store.path} holds another model's kernel: tile {tile}, recomputed now, "
+            f"{detail}, beyond rounding, although model, data and options have the same "
+            "fingerprint (the model's forward depends on state the fingerprint does not "
+            "cover, e.g. a global or a closure, or the store was written by other code). Use "
+            "another --out / store folder, or delete this one to start over"
+        )
+
+
 def _stored_block_size(path: str | Path, group: Any) -> int | None:
     """The block size of an existing store (rank 0 reads it), so that a rerun without
     ``block_size`` continues the store whatever this machine's default."""
@@ -171,15 +231,18 @@ def _stored_block_size(path: str | Path, group: Any) -> int | None:
 
 
 def _consumers(src: TileSource, bounds: bool, verify: str, group: Any) -> tuple[Any, Any]:
+    if verify not in VERIFY_OPTIONS:
+        raise ValueError(f"verify must be one of {VERIFY_OPTIONS}, got {verify!r}")
     job = src.job
     stream = None
     if bounds and job.symmetric and job.compute != "diagonal":
         stream = StreamingBounds(src.n1, record=True)
     probe = None
-    if verify == "probe":
+    if verify != "off":
         probe = ShardedProbe(
             job.model, job.x1, job.x2, compute=job.compute, k=src.k, bn_eval=job.bn_eval,
-            guard=job.guard, block_size=src.block_size, group=group,
+            guard=job.guard, block_size=src.block_size, per_sample=src.plan.per_sample,
+            coverage="sampled" if verify == "sampled" else "all", group=group,
         )  # fmt: skip
     return stream, probe
 
@@ -254,9 +317,9 @@ def empirical_ntk(
     dtype: torch.dtype | None = None,
     batchnorm: Literal["error", "eval"] = "error",
     conv_route: Literal["auto", "ghost", "materialize"] = "auto",
-    backend: Backend = "npy",
+    backend: Backend | None = None,
     bounds: bool = True,
-    verify: Literal["probe", "off"] = "probe",
+    verify: Literal["probe", "sampled", "off"] = "probe",
     on_corrupt: Literal["raise", "recompute"] = "raise",
     progress: bool = False,
     timeout: datetime.timedelta | None = None,
@@ -279,11 +342,13 @@ def empirical_ntk(
         store: a folder; created when missing, else it must hold this very kernel (same
             model, data, options and block size: a foreign store is refused).
         backend: "npy" (one .npy file) or "zarr" (chunk = tile) for a new store
-            (:mod:`.store`).
+            (:mod:`.store`); default: the existing store's, "npy" for a new one. Another
+            backend than an existing store's is refused.
         bounds: merge the ranks' exact streaming statistics into certified bounds
             (x2 = None and compute "full" or "trace" only).
-        verify: "probe" runs the random-probe check over all tiles (sharded; raises
-            :class:`lplr_fast.ProbeMismatchError` on every rank if the kernel is wrong).
+        verify: "probe" runs the random-probe check over all tiles and samples (sharded;
+            raises :class:`lplr_fast.ProbeMismatchError` on every rank if the kernel is
+            wrong); "sampled" and "off" as for :func:`lplr_fast.empirical_ntk`.
         on_corrupt: a finished tile whose bytes no longer match their sha256: "raise"
             (:class:`StoreError`) or "recompute" it.
         progress: a progress bar of rank 0's tiles on stderr.
@@ -303,22 +368,28 @@ def empirical_ntk(
     started = time.perf_counter()
     if on_corrupt not in ("raise", "recompute"):
         raise ValueError(f"on_corrupt must be 'raise' or 'recompute', got {on_corrupt!r}")
+    if verify not in VERIFY_OPTIONS:
+        raise ValueError(f"verify must be one of {VERIFY_OPTIONS}, got {verify!r}")
     if isinstance(timeout, int | float):
         timeout = datetime.timedelta(seconds=timeout)
     rank, world = rank_and_size(group)
+    arguments = {
+        "store": str(store), "compute": compute, "block_size": block_size,
+        "dtype": None if dtype is None else str(dtype), "batchnorm": batchnorm,
+        "conv_route": conv_route, "backend": backend, "bounds": bounds, "verify": verify,
+        "on_corrupt": on_corrupt,
+        "timeout": None if timeout is None else timeout.total_seconds(),
+    }  # fmt: skip
+    # first of all: these decide which collectives each rank runs
+    agree(arguments, "arguments of empirical_ntk", group)
     if block_size is None:
         block_size = _stored_block_size(store, group)
     src, config = prepare(
         model, x1, x2, compute=compute, block_size=block_size, dtype=dtype,
         batchnorm=batchnorm, conv_route=conv_route, group=group,
     )  # fmt: skip
-    run_options = {
-        "store": str(store), "backend": backend, "bounds": bounds, "verify": verify,
-        "on_corrupt": on_corrupt,
-    }  # fmt: skip
-    agree(run_options, "options of this call", group)
     with contextlib.ExitStack() as stack:
-        tile_store, done = _open_store(store, backend, config, group, stack)
+        tile_store, done = _open_store(store, backend, src, config, group, stack)
         grid = tile_store.grid
         stream, probe = _consumers(src, bounds, verify, group)
         consumers = [stream, probe]
@@ -341,7 +412,7 @@ def empirical_ntk(
         _fail_together(failure, group, timeout)
         counts = all_gather((len(to_compute), len(to_read) - len(bad)), "counting tiles", group)
         merged = _merge_bounds(stream, group)
-        report = _finish_probe(probe)
+        report = _finish_probe(probe, sum(r for _, r in counts), len(grid.tiles()), store)
         tile_store.done(refresh=True)
         result = DistributedNTK(
             tile_store, None if merged is None else merged.bounds(), merged, report,
@@ -369,20 +440,37 @@ def _fail_together(failure: Exception | None, group: Any, timeout: Any) -> None:
     if failed:
         rank, message = failed[0]
         raise DistributedError(
-            f"rank {rank} failed while computing its tiles ({message}); the finished tiles "
+            f"rank {rank} failed during its share of the tiles (reading back finished ones "
+            f"or computing new ones: {message}); the finished tiles "
             "are kept in the store: fix the cause and rerun"
         )
 
 
-def _finish_probe(probe: ShardedProbe | None) -> ProbeReport | None:
+def _finish_probe(
+    probe: ShardedProbe | None,
+    reused: int = 0,
+    total: int = 0,
+    store: str | Path | None = None,
+) -> ProbeReport | None:
+    """The probe's verdict; a failure names the tiles reused from ``store`` (if any)."""
     if probe is None:
         return None
     try:
         return probe.finish()
     except ProbeMismatchError as exc:
+        if store is None:
+            raise
+        if reused:
+            raise ProbeMismatchError(
+                f"the kernel fails the probe check, and {reused} of its {total} tiles were "
+                f"reused from the store {store} (written by an earlier run): the store may "
+                "hold another model's kernel (one whose forward reads state the fingerprint "
+                "does not cover). Compute into a new store folder (or delete this one) and "
+                f"rerun; only if that fails too is it the engine. Details: {exc}"
+            ) from None
         raise ProbeMismatchError(
-            f"{exc} (The tiles are in the store; delete it before recomputing with another "
-            "implementation.)"
+            f"{exc} (No tile was reused: all {total} were computed in this run. The tiles are "
+            "in the store; delete it before recomputing with another implementation.)"
         ) from None
 
 

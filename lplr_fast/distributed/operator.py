@@ -202,7 +202,13 @@ def sharded_lanczos(
     """:func:`lplr_fast.spectrum.lanczos` with vectors sharded over the ranks: rank r holds
     entries ``local_rows`` of every vector; ``matvec_local`` maps a shard of v to the same
     shard of Av (collectively). Same stopping rule; Ritz vectors are returned as shards.
-    Every rank runs the same steps (the scalars are all-reduced)."""
+    Every rank runs the same steps (the scalars are all-reduced; the arguments that decide
+    the number of steps are checked to agree before the first)."""
+    agree(
+        {"total": total, "max_iter": max_iter, "rtol": rtol, "want_min": want_min,
+         "seed": seed, "dtype": str(dtype)},
+        "arguments of sharded_lanczos", group,
+    )  # fmt: skip
     q = _sharded_start(total, local_rows, seed, dtype, device)
     q = q / _global_norm(q, group)
     steps = min(total, max_iter)
@@ -327,9 +333,16 @@ def lanczos_bounds(
 ) -> SpectrumBounds:
     """Lanczos estimates from a distributed operator (every rank gets the same numbers):
     λ_max ∈ [θ_max, θ_max + ‖r‖] and λ_min ∈ [0, θ_min] (PSD; θ_min is the Ritz value).
-    Not certified (``certified_* = False``): see the module docstring."""
+    Not certified (``certified_* = False``): see the module docstring. A Ritz value θ_min
+    below 0 (rounding, for a singular PSD kernel) is reported as the estimate 0: λ_min ∈
+    [0, max(θ_min, 0)]."""
     t0 = time.perf_counter()
     n = op.shape[0]
+    agree(
+        {"operator": type(op).__name__, "shape": tuple(op.shape), "rtol": rtol,
+         "max_iter": max_iter, "want_min": want_min, "seed": seed},
+        "arguments of lanczos_bounds", op.group,
+    )  # fmt: skip
     if isinstance(op, DistributedNTKOperator):
         lo = op.rows.start * op.k
         rows = slice(lo, lo + op.local_size)
@@ -342,7 +355,7 @@ def lanczos_bounds(
             op.matvec, n, dtype=op.dtype, device=op.device, max_iter=max_iter, rtol=rtol,
             want_min=want_min, seed=seed,
         )  # fmt: skip
-    hi_min = lz.theta_min if want_min else math.inf
+    hi_min = max(lz.theta_min, 0.0) if want_min else math.inf
     return SpectrumBounds(
         0.0, hi_min, lz.theta_max, lz.theta_max + lz.resid_max, False, False,
         "lanczos (distributed)", lz.matvecs, time.perf_counter() - t0, n,
@@ -387,15 +400,28 @@ def store_bounds(
 ) -> StoreBounds:
     """Certified and estimated eigenvalue bounds of a finished symmetric store (module
     docstring). ``dense_limit``: the largest n·k factorised on rank 0 (default
-    ``lplr_fast.spectrum.bounds.dense_limit`` of ``device``). ``streaming``: the store's
+    ``lplr_fast.spectrum.bounds.dense_limit`` of rank 0's ``device``, shared with every rank).
+    Arguments that decide the collectives (``dense_limit``, ``lanczos``, ``rtol``, whether
+    ``streaming`` is given) must agree across ranks (checked first). ``streaming``: the store's
     streaming bounds if already known (``DistributedNTK.bounds``), else one pass over the
     tiles computes them."""
     if store.compute == "diagonal" or not store.symmetric:
         raise ValueError("store_bounds needs a symmetric 'full' or 'trace' kernel")
+    agree(
+        {"store": str(store.path), "fingerprint": store.config.get("fingerprint"),
+         "dense_limit": dense_limit, "lanczos": lanczos, "rtol": rtol,
+         "streaming given": streaming is not None},
+        "arguments of store_bounds", group,
+    )  # fmt: skip
     if streaming is None:
         streaming = stream_store(store, group).bounds()
     size = store.config["n1"] * (store.k if store.compute == "full" else 1)
-    limit = device_dense_limit(torch.device(device)) if dense_limit is None else dense_limit
+    if dense_limit is None:  # rank 0 factorises: its device decides, for every rank
+        limit = broadcast(
+            device_dense_limit(torch.device(device)), "agreeing on the dense limit", group
+        )
+    else:
+        limit = dense_limit
     dense, skipped = None, ""
     if size <= limit:
         result: Any = None

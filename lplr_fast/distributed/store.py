@@ -49,11 +49,16 @@ from ..training.io import atomic_write_bytes, atomic_write_json
 from .schedule import Tile, TileGrid
 
 FORMAT = "lplr-fast ntk store"
-VERSION = 1
+VERSION = 2  # 2: the model fingerprint covers the modules' Python state (stores of 1 differ)
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 Backend = Literal["npy", "zarr"]
 _MARKER = re.compile(r"^(\d+)-(\d+)\.json$")
+# temporary files of this module's own atomic writes (training.io.atomic_write_bytes:
+# ".NAME.xxxxxxxx"), left behind when a process is killed between creating and renaming them
+_TEMP_TOP = re.compile(r"^\.(manifest|summary)\.json\.[A-Za-z0-9_]+$")
+_TEMP_MARKER = re.compile(r"^\.\d+-\d+\.json\.[A-Za-z0-9_]+$")
+_STORE_FILES = ("kernel.npy", "kernel.zarr", "tiles", ".lock")
 
 
 class StoreError(ValueError):
@@ -382,9 +387,23 @@ class StoredKernel:
 
     def block(self, rows: slice, cols: slice) -> np.ndarray:
         """Θ[rows, cols] (kernel layout) from finished tiles, mirrored below the diagonal of a
-        symmetric kernel; every tile touched is checked."""
-        r0, r1 = rows.start or 0, self.config["n1"] if rows.stop is None else rows.stop
-        c0, c1 = cols.start or 0, self.config["n2"] if cols.stop is None else cols.stop
+        symmetric kernel; every tile touched is checked. ``rows`` and ``cols`` are slices with
+        numpy's meaning (negative ends count from the end, ends beyond the kernel are
+        clipped, steps of any sign); the result has the shape ``array[rows, cols]`` would."""
+        r_idx = _slice_indices(rows, self.config["n1"], "rows")
+        c_idx = _slice_indices(cols, self.config["n2"], "cols")
+        out = np.empty((len(r_idx), len(c_idx), *self.shape[2:]), dtype=self.manifest.dtype)
+        if len(r_idx) == 0 or len(c_idx) == 0:
+            return out
+        r0, r1 = int(r_idx.min()), int(r_idx.max()) + 1
+        c0, c1 = int(c_idx.min()), int(c_idx.max()) + 1
+        box = self._box(r0, r1, c0, c1)
+        if len(r_idx) == r1 - r0 and len(c_idx) == c1 - c0 and r_idx[0] == r0 and c_idx[0] == c0:
+            return box  # plain ascending slices
+        return box[np.ix_(r_idx - r0, c_idx - c0)]
+
+    def _box(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Θ[r0:r1, c0:c1] for 0 ≤ r0 < r1 ≤ n1, 0 ≤ c0 < c1 ≤ n2."""
         out = np.empty((r1 - r0, c1 - c0, *self.shape[2:]), dtype=self.manifest.dtype)
         b = self.grid.block
         for bi in range(r0 // b, -(-r1 // b)):
@@ -412,13 +431,29 @@ class StoredKernel:
                 "missing; rerun the computation to finish the store"
             )
         n1, n2 = self.config["n1"], self.config["n2"]
-        return torch.from_numpy(self.block(slice(0, n1), slice(0, n2)))
+        return torch.from_numpy(self._box(0, n1, 0, n2))
 
     def summary(self) -> dict[str, Any] | None:
         """The summary.json of the last complete run, or None."""
         with contextlib.suppress(OSError, ValueError):
             return json.loads((self.path / SUMMARY).read_text())
         return None
+
+
+def _slice_indices(s: Any, n: int, name: str) -> np.ndarray:
+    """The indices a slice selects from range(n), as numpy would."""
+    if not isinstance(s, slice):
+        raise TypeError(
+            f"{name} must be a slice (e.g. slice(0, 10)), got {type(s).__name__}; for single "
+            "entries use slice(i, i + 1)"
+        )
+    for part in ("start", "stop", "step"):
+        v = getattr(s, part)
+        if v is not None and not isinstance(v, int | np.integer):
+            raise TypeError(f"{name}.{part} must be an integer or None, got {v!r}")
+    if s.step == 0:
+        raise ValueError(f"{name}: slice step cannot be zero")
+    return np.arange(*s.indices(n), dtype=np.int64)
 
 
 class TileStore(StoredKernel):
@@ -451,29 +486,70 @@ class TileStore(StoredKernel):
         atomic_write_json(self.path / SUMMARY, summary)
 
 
-def create_or_check(path: str | Path, backend: Backend, config: dict[str, Any]) -> str:
-    """Make the store at ``path`` for ``config`` if there is none, or check that the one there
-    was made for the same kernel. Returns "created" or "existing". Call from one process."""
+def prepare_folder(path: str | Path) -> None:
+    """Make the store folder (for its lock) unless it holds something that is no kernel store
+    (refused: the lock file is not dropped into a foreign folder)."""
     path = Path(path)
-    if backend not in ("npy", "zarr"):
-        raise ValueError(f"backend must be 'npy' or 'zarr', got {backend!r}")
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} exists and is not a folder; choose an empty or new folder")
+    if path.is_dir() and not (path / MANIFEST).is_file():
+        foreign = [
+            p.name for p in path.iterdir()
+            if p.name not in _STORE_FILES and not _TEMP_TOP.match(p.name)
+        ]  # fmt: skip
+        if foreign:
+            raise StoreError(
+                f"{path} exists and is not a kernel store (it holds {sorted(foreign)[:3]}); "
+                "choose an empty or new folder"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def remove_leftovers(path: str | Path) -> list[str]:
+    """Delete the temporary files of atomic writes killed before their rename
+    (``.manifest.json.xxxx``, ``tiles/.BI-BJ.json.xxxx``): never part of the store. Call only
+    while holding :func:`job_lock` (no other job can be writing them then). Returns their
+    names."""
+    path = Path(path)
+    removed = []
+    for folder, pattern in ((path, _TEMP_TOP), (path / "tiles", _TEMP_MARKER)):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if pattern.match(entry.name) and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                removed.append(str(entry.relative_to(path)))
+    return removed
+
+
+def create_or_check(path: str | Path, backend: Backend | None, config: dict[str, Any]) -> str:
+    """Make the store at ``path`` for ``config`` if there is none, or check that the one there
+    was made for the same kernel (and, when ``backend`` is given, with that backend). Returns
+    "created" or "existing". Call from one process, holding :func:`job_lock`, so that two
+    jobs cannot both find no manifest and create the store."""
+    path = Path(path)
+    if backend not in ("npy", "zarr", None):
+        raise ValueError(f"backend must be 'npy', 'zarr' or None, got {backend!r}")
+    prepare_folder(path)
+    remove_leftovers(path)
     if (path / MANIFEST).is_file():
         store = StoredKernel(path)
         _compare(store.config, config, path)
+        if backend is not None and backend != store.manifest.backend:
+            raise StoreError(
+                f"{path} is a {store.manifest.backend!r} store, not {backend!r} (the backend "
+                f"is chosen when a store is created): omit the backend or pass "
+                f"{store.manifest.backend!r} to continue it, or use another folder"
+            )
         return "existing"
-    if path.exists() and any(
-        p.name not in ("kernel.npy", "kernel.zarr", "tiles", ".lock") for p in path.iterdir()
-    ):
-        raise StoreError(f"{path} exists and is not a kernel store; choose an empty or new folder")
-    path.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(backend, config)
-    for stale in ("tiles",):  # a creation killed before its manifest: start clean
-        folder = path / stale
-        if folder.is_dir():
-            for f in folder.iterdir():
-                f.unlink()
-    (path / "tiles").mkdir(exist_ok=True)
-    if backend == "npy":
+    manifest = Manifest(backend or "npy", config)
+    tiles = path / "tiles"  # a creation killed before its manifest: start clean
+    if tiles.is_dir():
+        for f in tiles.iterdir():
+            f.unlink()
+    tiles.mkdir(exist_ok=True)
+    if manifest.backend == "npy":
         _NpyArray.create(path / "kernel.npy", manifest)
     else:
         _ZarrArray.create(path / "kernel.zarr", manifest)
@@ -526,4 +602,6 @@ __all__ = [
     "job_lock",
     "kernel_shape",
     "open_store",
+    "prepare_folder",
+    "remove_leftovers",
 ]

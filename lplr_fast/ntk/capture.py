@@ -284,8 +284,10 @@ def first_axis(use: ModuleUse) -> list[int | None]:
 
 
 def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """model(x) flattened per sample to (n, k), with clear errors for unusable outputs."""
-    out = model(x)
+    """model(x) flattened per sample to (n, k), with clear errors for unusable outputs. The
+    model gets a copy of x (a forward that modifies its input in place leaves the caller's
+    tensor alone)."""
+    out = model(x.clone())
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"model(x) must return a tensor, got {type(out).__name__}")
     n = x.shape[0]
@@ -337,7 +339,11 @@ def forward_with_cotangents(
             if leaf.dim() <= axis or leaf.shape[axis] != n:
                 raise RuntimeError(
                     f"module {use.name!r} call {use.index}: output of shape "
-                    f"{tuple(leaf.shape)} has no batch axis {axis} of size {n}"
+                    f"{tuple(leaf.shape)} has no batch axis {axis} of size {n}, although it "
+                    f"had one when all samples were alike: the model routes samples to modules "
+                    f"depending on the data (e.g. a mixture of experts sending each sample to "
+                    f"some experts), which the structured engine cannot follow. Use "
+                    f"implementation='jacobian' (exact per-sample Jacobians)."
                 )
             rest = leaf.shape[:axis] + leaf.shape[axis + 1 :]
             dest = leaf.new_zeros((n, k, *rest))  # filled chunk by chunk, no k copies to stack

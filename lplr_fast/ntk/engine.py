@@ -47,9 +47,11 @@ from .rules import (
 from .stream import DenseAssembly, Tile, check_consumer, feed, wants_parts
 from .symmetry import symmetrize_
 from .validation import (
-    BufferGuard,
+    StateGuard,
+    check_dtypes,
     check_inputs,
     check_model,
+    explain_input_dtype,
     forward_context,
     full_precision,
     train_mode_batchnorms,
@@ -62,6 +64,8 @@ from .validation import (
 Implementation = Literal["structured", "jacobian", "ntk_vp"]
 TOTAL = "<total>"  # key of the single accumulator when per-module parts are not wanted
 IMPLEMENTATIONS = ("structured", "jacobian", "ntk_vp")
+VERIFY_OPTIONS = ("probe", "sampled", "off")
+Verify = Literal["probe", "sampled", "off"]
 # Builds the consumer for ``bounds=True`` (set by lplr_fast/__init__.py to StreamingBounds:
 # the engine does not import the spectrum package).
 _bounds_factory: Callable[..., Any] | None = None
@@ -135,7 +139,9 @@ class _BlockFeatures:
             chunk = default_chunk(xb.shape[0], k, n_params)
             groups += route_features(use, route, kk=kk, conv_route=job.route, chunk=chunk)
         budget = cotangent_budget_bytes(xb.device)
-        return groups + generic_features(job.model, xb, plan.generic, k, budget)
+        return groups + generic_features(
+            job.model, xb, plan.generic, k, budget, per_sample=plan.per_sample
+        )
 
 
 def _pair_blocks(
@@ -164,13 +170,18 @@ def _validation_rows(job: _Job) -> torch.Tensor:
 
 def _verify_routes(job: _Job, plan: Plan) -> int:
     """Check the plan on real samples: the gradient of Σ w_ic f_c(x_i) (random w) implied by
-    every route's features must equal autograd's on the same forward; parameters whose
-    routes disagree (used outside their module's call, a customised forward...) and modules
-    whose per-sample gradients cannot be vmapped are rerouted. Returns the per-sample
-    feature bytes (for the block size)."""
+    every route's features must equal the sum of the samples' own gradients (each sample's
+    forward and backward run alone); parameters whose routes disagree (used outside their
+    module's call, a customised forward...) and modules whose per-sample gradients cannot be
+    vmapped are rerouted. Refuses random models, NaN/Inf outputs and models whose samples
+    interact in the forward; a backward pass that couples samples (the batch's gradient is
+    not the sum of the samples') sets ``plan.per_sample``. Returns the per-sample feature
+    bytes (for the block size)."""
     xv = _validation_rows(job)
     features = _BlockFeatures(job, plan, job.x1, block=xv.shape[0], cache=0)
-    qualified = {id(p): q for q, p in trainable_parameters(job.model).items()}
+    named = trainable_parameters(job.model)
+    qualified = {id(p): q for q, p in named.items()}
+    params = list(named.values())
     gen = torch.Generator().manual_seed(0)
     with forward_context(job.model, job.bn_eval, job.guard):
         flat, uses = forward_with_cotangents(
@@ -178,52 +189,101 @@ def _verify_routes(job: _Job, plan: Plan) -> int:
         )
         if flat.shape[1] != plan.k:
             raise RuntimeError("the model's number of outputs depends on the batch")
-        groups = _groups_with_fallbacks(features, plan, xv, uses)
         w = torch.randn(flat.shape, generator=gen, dtype=torch.float64).to(flat)
-        params = list(trainable_parameters(job.model).values())
-        true = torch.autograd.grad(flat, params, w, allow_unused=True)
+        alone, separate = _single_sample_gradients(job.model, xv, w, params)
         with torch.no_grad():
-            alone = torch.cat([model_output(job.model, xv[i : i + 1]) for i in range(len(xv))])
-        finite = torch.isfinite(flat).all().to(flat.dtype)
-        coupling = torch.stack([(alone - flat).abs().max(), flat.abs().max() * finite])
+            again = model_output(job.model, xv)
+        _check_forwards(flat.detach(), again, alone, job.out_dtype)
+        groups = _groups_with_fallbacks(features, plan, xv, uses)
+        batch = torch.autograd.grad(flat, params, w, allow_unused=True)
     implied: dict[str, torch.Tensor] = {}
     for group in groups:
         for q, grad in implied_gradients(group.features, w).items():
             implied[q] = implied[q] + grad if q in implied else grad
     generic = {q for part in plan.generic.values() for q in part}
-    eps = torch.finfo(job.out_dtype).eps
-    checks = [("<coupling>", None, coupling[0], coupling[1])]
-    for p, t in zip(params, true, strict=True):
+    checks = []  # (name, parameter, route difference, batch-vs-samples difference, scale)
+    for p, b, t in zip(params, batch, separate, strict=True):
         q = qualified[id(p)]
-        if q in generic:
-            continue
-        got = implied.get(q, torch.zeros_like(p))
-        t = torch.zeros_like(p) if t is None else t
-        checks.append((q, p, (got - t).norm(), t.norm() + got.norm()))
-    diffs = torch.stack([torch.stack([c[2], c[3]]).to(job.out_dtype) for c in checks]).tolist()
-    if not math.isfinite(diffs[0][1]):
+        b = torch.zeros_like(p) if b is None else b
+        routed = q not in generic  # generic parameters: only the coupling check applies
+        got = implied.get(q, torch.zeros_like(p)) if routed else b
+        scale = t.norm() + b.norm() + got.norm()
+        checks.append((q, p, routed, torch.stack([(got - t).norm(), (b - t).norm(), scale])))
+    diffs = torch.stack([c[3] for c in checks]).to(job.out_dtype).tolist() if checks else []
+    eps = torch.finfo(job.out_dtype).eps
+    why = (
+        "its gradient differs from its module's rule (used outside the module's call, or "
+        "the module's forward is not what its rule assumes)"
+    )
+    # Known couplers are per-sample whatever the validation rows show (their tokens may
+    # repeat only across later samples).
+    plan.per_sample = plan.per_sample or _scales_grad_by_frequency(job.model)
+    for (q, p, routed, _), (route_diff, coupling_diff, scale) in zip(checks, diffs, strict=True):
+        if not coupling_diff <= PLAN_SAFETY * eps * scale:
+            plan.per_sample = True
+        if routed and not route_diff <= PLAN_SAFETY * eps * scale:
+            plan.move_to_generic(q, p, q.rpartition(".")[0], why)
+    nbytes = sum(feature_bytes_per_sample(g.features) for g in groups)
+    return max(1, nbytes)
+
+
+def _scales_grad_by_frequency(model: nn.Module) -> bool:
+    """Whether an embedding's backward scales by token counts in the batch."""
+    return any(
+        isinstance(m, nn.Embedding | nn.EmbeddingBag) and getattr(m, "scale_grad_by_freq", False)
+        for m in model.modules()
+    )
+
+
+def _single_sample_gradients(
+    model: nn.Module, xv: torch.Tensor, w: torch.Tensor, params: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Each row of ``xv`` run alone: its outputs (n, k) and Σ_i ∂(w_i·f(x_i))/∂θ summed over
+    the single-sample backward passes (per parameter)."""
+    outputs = []
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(xv.shape[0]):
+        out = model_output(model, xv[i : i + 1])
+        outputs.append(out.detach())
+        grads = torch.autograd.grad(out, params, w[i : i + 1], allow_unused=True)
+        for acc, g in zip(total, grads, strict=True):
+            if g is not None:
+                acc += g
+    return torch.cat(outputs), total
+
+
+def _check_forwards(
+    flat: torch.Tensor, again: torch.Tensor, alone: torch.Tensor, dtype: torch.dtype
+) -> None:
+    """One synchronisation: outputs finite, the same for the same batch twice (no
+    randomness), and the same for each sample run alone (no interaction between samples)."""
+    finite = torch.isfinite(flat).all().to(flat.dtype)
+    size = flat.abs().max() * finite
+    values = torch.stack([size, (again - flat).abs().max(), (alone - flat).abs().max()])
+    size, random_change, coupling = values.to(dtype).tolist()
+    eps = torch.finfo(dtype).eps
+    if not math.isfinite(size):
         raise ValueError(
             "the model's outputs contain NaN or Inf at these inputs (it overflows or divides "
             "by zero there): its NTK is undefined"
         )
-    if not diffs[0][0] <= PLAN_SAFETY * eps * diffs[0][1]:
+    if not random_change <= PLAN_SAFETY * eps * size:
+        raise ValueError(
+            "the model's output is random: two forwards of the same batch differ by "
+            f"{random_change:.3g} (dropout or other random layers in training mode, e.g. "
+            "nn.MultiheadAttention(dropout=...) or a Transformer layer in train mode, "
+            "F.dropout(..., training=True), nn.RReLU): its NTK is undefined. Call model.eval() "
+            "(or remove the randomness) before computing the NTK."
+        )
+    if not coupling <= PLAN_SAFETY * eps * size:
         raise ValueError(
             "the model's output for a sample depends on the other samples of the batch (a "
-            f"change of {diffs[0][0]:.3g} when samples are run alone): batch statistics or "
+            f"change of {coupling:.3g} when samples are run alone): batch statistics or "
             "other interactions between samples leave the per-sample NTK undefined. Put "
             "BatchNorm-like layers in eval mode (or batchnorm='eval'), or compute the "
             "batch-coupled kernel yourself with implementation='jacobian' on a model that "
             "takes the whole batch."
         )
-    why = (
-        "its gradient differs from its module's rule (used outside the module's call, or "
-        "the module's forward is not what its rule assumes)"
-    )
-    for (q, p, _, _), (diff, scale) in zip(checks[1:], diffs[1:], strict=True):
-        if not diff <= PLAN_SAFETY * eps * scale:
-            plan.move_to_generic(q, p, q.rpartition(".")[0], why)
-    nbytes = sum(feature_bytes_per_sample(g.features) for g in groups)
-    return max(1, nbytes)
 
 
 PLAN_SAFETY = 2.0**10
@@ -271,7 +331,7 @@ def _first_failing_route(
 def _plan(job: _Job) -> tuple[Plan, int]:
     """The routing of every parameter, checked on real samples, and the feature bytes per
     sample of the plan's features."""
-    with forward_context(job.model, job.bn_eval, job.guard):
+    with forward_context(job.model, job.bn_eval, job.guard), explain_input_dtype(job.x1):
         plan = build_plan(job.model, job.x1)
     per_sample = _verify_routes(job, plan)
     return plan, per_sample
@@ -311,7 +371,7 @@ class _Job:
     route: ConvRoute
     bn_eval: bool
     out_dtype: torch.dtype
-    guard: BufferGuard
+    guard: StateGuard
     last_probe: ProbeReport | None = None
 
     @property
@@ -350,9 +410,10 @@ def _prepare(
             model = copy.deepcopy(model).to(dtype)
         x1 = x1.to(dtype) if torch.is_tensor(x1) and x1.is_floating_point() else x1
         x2 = x2.to(dtype) if torch.is_tensor(x2) and x2.is_floating_point() else x2
+    check_dtypes(model)
     check_inputs(model, x1, x2)
     out_dtype = next(iter(trainable_parameters(model).values())).dtype
-    return _Job(model, x1, x2, compute, route, batchnorm == "eval", out_dtype, BufferGuard(model))
+    return _Job(model, x1, x2, compute, route, batchnorm == "eval", out_dtype, StateGuard(model))
 
 
 def _tiles(
@@ -364,7 +425,7 @@ def _tiles(
     with the verification consumer for this stream once the output count is known."""
     source = _source(job, block_size, want_parts)
     for check in probe:
-        check.start(job, source.k, source.block_size)
+        check.start(job, source.plan, source.block_size)
     yield from source.tiles()
 
 
@@ -505,15 +566,18 @@ def _tile_total(parts: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class _DeferredProbe:
-    """The probe consumer, made once the stream knows k and its block size."""
+    """The probe consumer, made once the stream knows k, its block size and whether the
+    model's backward couples samples. ``coverage``: "all" or "sampled" (see probe.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, coverage: str) -> None:
+        self.coverage = coverage
         self.check: ProbeCheck | None = None
 
-    def start(self, job: _Job, k: int, block_size: int) -> None:
+    def start(self, job: _Job, plan: Plan, block_size: int) -> None:
         self.check = ProbeCheck(
-            job.model, job.x1, job.x2, compute=job.compute, k=k, bn_eval=job.bn_eval,
-            guard=job.guard, block_size=block_size,
+            job.model, job.x1, job.x2, compute=job.compute, k=plan.k, bn_eval=job.bn_eval,
+            guard=job.guard, block_size=block_size, coverage=self.coverage,
+            per_sample=plan.per_sample,
         )  # fmt: skip
 
     def update(self, rows: slice, cols: slice, tile: torch.Tensor, layer: str | None = None):
@@ -527,11 +591,12 @@ class _DeferredProbe:
 def _blocks(
     job: _Job, block_size: int | None, consumers: list[Any], want_parts: bool, verify: str
 ) -> Iterator[tuple[slice, slice, torch.Tensor, dict[str, torch.Tensor]]]:
-    """The tile stream with its consumers fed and, with ``verify="probe"``, checked at its
+    """The tile stream with its consumers fed and, unless ``verify="off"``, checked at its
     end (:class:`ProbeMismatchError`): what ``ntk_blocks`` and ``empirical_ntk`` iterate.
     Consumers were checked by the caller, before any work."""
     want_parts = want_parts or wants_parts(consumers)
-    probe = [_DeferredProbe()] if verify == "probe" else []
+    coverage = "sampled" if verify == "sampled" else "all"
+    probe = [_DeferredProbe(coverage)] if verify != "off" else []
     for r, c, total, parts in _tiles(job, block_size, want_parts, probe):
         for consumer in [*probe, *consumers]:
             feed(consumer, r, c, total, parts)
@@ -569,8 +634,8 @@ def _check_options(block_size: int | None, verify: str, on_mismatch: str) -> Non
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
     ):
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    if verify not in ("probe", "off"):
-        raise ValueError(f"verify must be 'probe' or 'off', got {verify!r}")
+    if verify not in VERIFY_OPTIONS:
+        raise ValueError(f"verify must be one of {VERIFY_OPTIONS}, got {verify!r}")
     if on_mismatch not in ("raise", "fallback"):
         raise ValueError(f"on_mismatch must be 'raise' or 'fallback', got {on_mismatch!r}")
 
@@ -587,7 +652,7 @@ def ntk_blocks(
     batchnorm: Literal["error", "eval", "batch"] = "error",
     conv_route: ConvRoute = "auto",
     bounds: Any = None,
-    verify: Literal["probe", "off"] = "probe",
+    verify: Verify = "probe",
 ) -> Iterator[tuple[Tile, Any]]:
     """Stream the structured empirical NTK tile by tile (the one producer of kernel tiles:
     :func:`empirical_ntk` assembles what this yields).
@@ -601,8 +666,9 @@ def ntk_blocks(
     tile (per part) at a time. ``bounds``: a tile consumer (e.g. a
     :class:`lplr_fast.StreamingBounds`) fed every tile as it passes.
 
-    ``verify="probe"`` (default) accumulates the random-probe check of :mod:`.probe` over
-    the tiles and runs its autograd side after the last one: the generator then raises
+    ``verify="probe"`` (default; "sampled" and "off" as in :func:`empirical_ntk`) accumulates
+    the random-probe check of :mod:`.probe` over the tiles and runs its autograd side after
+    the last one: the generator then raises
     :class:`ProbeMismatchError` instead of finishing if the kernel was wrong (tiles already
     consumed, and consumers fed, are then not to be trusted). Stopping early skips it.
 
@@ -650,7 +716,7 @@ def empirical_ntk(
     out: torch.Tensor | np.ndarray | None = None,
     conv_route: ConvRoute = "auto",
     bounds: Any = None,
-    verify: Literal["probe", "off"] = "probe",
+    verify: Verify = "probe",
     on_mismatch: Literal["raise", "fallback"] = "raise",
 ) -> Any:
     """Empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of ``model``'s outputs w.r.t. its trainable
@@ -683,9 +749,12 @@ def empirical_ntk(
             ``bounds=True`` makes a StreamingBounds (per-layer when ``return_layers``) and
             returns it last.
         verify: "probe" (default) checks the structured kernel against plain autograd with
-            random probes uᵀΘv = (J₁ᵀu)·(J₂ᵀv) (see :mod:`lplr_fast.ntk.probe`; cost about
-            one forward and one backward pass over the data in "full" mode, k backward
-            passes over 1/64 of it in "trace"/"diagonal"); "off" skips it.
+            random probes uᵀΘv = (J₁ᵀu)·(J₂ᵀv) over every sample (see
+            :mod:`lplr_fast.ntk.probe`; cost one forward and one backward pass over the data
+            in "full" mode, one forward and k output-batched backward passes over the data
+            in "trace"/"diagonal", per side); "sampled" probes only one sample in 64 in
+            "trace"/"diagonal" (cheaper; a wrong kernel confined to unprobed samples passes
+            unseen); "off" skips it.
         on_mismatch: what a failed check does: "raise" (:class:`ProbeMismatchError`, the
             default) or "fallback" (warn, recompute with ``implementation="jacobian"``, fill
             ``out``, and feed ``bounds`` only then).
@@ -775,6 +844,12 @@ def _reference_parts(
     job: _Job, implementation: str, coupled: bool, block_size: int | None
 ) -> dict[str, torch.Tensor]:
     with forward_context(job.model, job.bn_eval, job.guard):
+        if not coupled and not torch.is_floating_point(job.x1):
+            # Integer / boolean inputs: one sample first, so a model that cannot take them
+            # gets an error saying so. (Not in "batch" mode: that works on a copy, and
+            # train-mode BatchNorms update running statistics without a version bump.)
+            with torch.no_grad(), explain_input_dtype(job.x1):
+                model_output(job.model, job.x1[:1])
         if coupled:
             return reference.batch_coupled_ntk(job.model, job.x1, job.x2, job.compute)
         if implementation == "jacobian":

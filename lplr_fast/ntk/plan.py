@@ -66,14 +66,18 @@ class Plan:
     generic: dict[str, dict[str, torch.Tensor]]  # part name → {qualified name: parameter}
     reasons: dict[str, str] = field(default_factory=dict)  # qualified name → why generic
     k: int = 0
+    # The backward pass couples the samples of a batch (a batch's gradient is not the sum of
+    # its samples' gradients): generic features and the probe then run one sample at a time.
+    per_sample: bool = False
 
     def out_axes(self, use: Any) -> list[int | None]:
         route = self.routes[use.name]
         if use.index >= len(route.uses):
             raise RuntimeError(
                 f"module {use.name!r} was called {use.index + 1} times in one forward, more than "
-                "in the shape probes: the model's control flow depends on its inputs. Use "
-                "implementation='jacobian'."
+                "in the shape probes (all samples alike): the model routes samples to modules "
+                "or loops depending on the data, which the structured engine cannot follow. "
+                "Use implementation='jacobian' (exact per-sample Jacobians)."
             )
         return route.uses[use.index].outputs
 

@@ -83,7 +83,7 @@ def functional(
         full = dict(fixed)
         for first, names in param_names.items():
             full.update(dict.fromkeys(names, theta[first]))
-        out = functional_call(model, full, (x,), tie_weights=False)
+        out = functional_call(model, full, (x.clone(),), tie_weights=False)
         return out.reshape(x.shape[0], -1)
 
     def f_single(theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -94,26 +94,20 @@ def functional(
 
 def autograd_jacobian(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-sample Jacobians {first name: (n, k, P_param)} by plain reverse-mode autograd on the
-    model itself: a few samples per forward, one batched backward over their (sample,
-    output) seeds. Works on any model whose samples do not interact."""
+    model itself: one sample per forward (so a backward pass that couples the samples of a
+    batch, e.g. nn.Embedding(scale_grad_by_freq=True), still gives each sample's own
+    gradient), one batched backward over its output seeds. Works on any model whose samples
+    do not interact in the forward."""
     named = trainable_parameters(model)
     names, params = list(named), list(named.values())
-    width = sum(p.numel() * p.element_size() for p in params)
-    budget = cotangent_budget_bytes(x.device)
     pieces: list[list[torch.Tensor]] = []
-    sub = 1  # the first forward tells k, then as many samples as the budget allows (≤ 8)
-    s = 0
-    while s < x.shape[0]:
-        xs = x[s : s + sub]
-        m = xs.shape[0]
+    for s in range(x.shape[0]):
         with torch.enable_grad():
-            flat = model_output(model, xs)
+            flat = model_output(model, x[s : s + 1])
         k = flat.shape[1]
-        seed = torch.eye(m * k, dtype=flat.dtype, device=flat.device).reshape(m * k, m, k)
+        seed = torch.eye(k, dtype=flat.dtype, device=flat.device).reshape(k, 1, k)
         grads = batched_vjp([flat], params, [seed])
-        pieces.append([g.reshape(m, k, -1) for g in grads])
-        s += m
-        sub = max(1, min(8, budget // max(1, 2 * k * width)))
+        pieces.append([g.reshape(1, k, -1) for g in grads])
     return {n: torch.cat([piece[i] for piece in pieces]) for i, n in enumerate(names)}
 
 

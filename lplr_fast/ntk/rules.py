@@ -316,10 +316,12 @@ def generic_features(
     parts: dict[str, dict[str, torch.Tensor]],
     k: int,
     budget_bytes: int,
+    per_sample: bool = False,
 ) -> list[Group]:
     """Per-sample gradients Φ (n, k, P) of the whole network's outputs w.r.t. the generic
-    parameters, one group per part: the model re-run on a few samples at a time (plain
-    forward, no hooks) and one batched backward over their (sample, output) seeds."""
+    parameters, one group per part: the model re-run on a few samples at a time (one with
+    ``per_sample``, for backward passes that couple samples; plain forward, no hooks) and
+    one batched backward over their (sample, output) seeds."""
     order = [(part, q, p) for part, params in parts.items() for q, p in params.items()]
     if not order:
         return []
@@ -327,7 +329,7 @@ def generic_features(
     width = sum(p.numel() for p in params)
     esize = params[0].element_size()
     sub = max(1, min(x.shape[0], budget_bytes // max(1, 2 * k * width * esize)))
-    sub = min(sub, 8)
+    sub = 1 if per_sample else min(sub, 8)
     pieces: list[list[torch.Tensor]] = []
     for s in range(0, x.shape[0], sub):
         xs = x[s : s + sub]

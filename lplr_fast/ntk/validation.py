@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .capture import quiet_vmap
+
 BATCHNORM_OPTIONS = ("error", "eval", "batch")
 
 
@@ -62,23 +64,19 @@ def all_finite(tensors: list[torch.Tensor]) -> list[bool]:
 
 
 def check_model(model: nn.Module, batchnorm: str) -> None:
-    """Raise a clear error for models whose per-sample NTK is undefined or empty."""
+    """Raise a clear error for models whose per-sample NTK is undefined or empty (dtypes are
+    checked by :func:`check_dtypes`, once a ``dtype=`` copy is made)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if batchnorm not in BATCHNORM_OPTIONS:
         raise ValueError(f"batchnorm must be one of {BATCHNORM_OPTIONS}, got {batchnorm!r}")
+    _check_lazy(model)
     params = trainable_parameters(model)
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad=True): its NTK is zero")
     for name, p in params.items():
         if not torch.is_floating_point(p) or p.is_complex():
             raise TypeError(f"parameter {name!r} has non-floating dtype {p.dtype}")
-    dtypes = sorted({str(p.dtype) for p in params.values()})
-    if len(dtypes) > 1:
-        raise TypeError(
-            f"the model's trainable parameters mix dtypes {dtypes}; pass dtype=torch.float64 "
-            "(or torch.float32) to compute the NTK of a copy in one dtype"
-        )
     names = list(params)
     with torch.no_grad():
         finite = all_finite([p.detach() for p in params.values()])
@@ -101,6 +99,7 @@ def check_model(model: nn.Module, batchnorm: str) -> None:
             f"module(s) {_compiled_inside(model)} are torch.compile'd and this torch "
             f"({torch.__version__}) cannot run them eagerly; pass the uncompiled model"
         )
+    _check_max_norm(model)
     dropouts = active_dropouts(model)
     if dropouts:
         raise ValueError(
@@ -117,9 +116,53 @@ def check_model(model: nn.Module, batchnorm: str) -> None:
         )
 
 
+def _check_lazy(model: nn.Module) -> None:
+    for mname, module in model.named_modules():
+        for attr, p in module._parameters.items():
+            if isinstance(p, nn.parameter.UninitializedParameter):
+                name = f"{mname}.{attr}" if mname else attr
+                raise ValueError(
+                    f"parameter {name!r} is uninitialised (lazy module {mname or '<root>'!r}, "
+                    f"{type(module).__name__}): run the model once on a batch, model(x), to "
+                    "initialise its parameters, then compute its NTK"
+                )
+
+
+def _check_max_norm(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.max_norm is not None:
+            raise ValueError(
+                f"{type(m).__name__} {name or '<root>'!r} has max_norm={m.max_norm}: its forward "
+                "renormalises the looked-up rows of its weight in place, so the network's "
+                "function depends on which rows earlier calls touched and the NTK is not "
+                "defined by the current parameters (and the call would change them). "
+                "Renormalise the weight once yourself (e.g. with torch.no_grad(): "
+                "w.copy_(torch.renorm(w, 2, 0, max_norm))) and set max_norm=None."
+            )
+
+
+def check_dtypes(model: nn.Module) -> None:
+    """One floating dtype for all trainable parameters, float32 or float64."""
+    params = trainable_parameters(model)
+    dtypes = sorted({str(p.dtype) for p in params.values()})
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"the model's trainable parameters mix dtypes {dtypes}; pass dtype=torch.float64 "
+            "(or torch.float32) to compute the NTK of a copy in one dtype"
+        )
+    dtype = next(iter(params.values())).dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"the model's parameters are {dtype}; the NTK engine computes in float32 or "
+            "float64 (half precision cannot carry the kernel's sums): pass "
+            "dtype=torch.float32 (or torch.float64) to compute the NTK of a copy in that dtype"
+        )
+
+
 def check_inputs(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None) -> None:
-    """Shapes, dtypes, devices and finiteness of the inputs (one host synchronisation)."""
-    has_embedding = any(isinstance(m, nn.Embedding | nn.EmbeddingBag) for m in model.modules())
+    """Shapes, dtypes, devices and finiteness of the inputs (one host synchronisation).
+    Integer and boolean inputs are passed to the model as they are (token ids, masks: the
+    NTK is taken w.r.t. the parameters, not the inputs)."""
     param = next(iter(trainable_parameters(model).values()))
     device = param.device
     floating = []
@@ -134,15 +177,9 @@ def check_inputs(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None) ->
             )
         if x.device != device:
             raise ValueError(f"{name} is on {x.device} but the model's parameters are on {device}")
-        if x.is_complex() or x.dtype == torch.bool:
+        if x.is_complex():
             raise TypeError(f"{name} has unsupported dtype {x.dtype}")
-        if not torch.is_floating_point(x):
-            if not has_embedding:
-                raise TypeError(
-                    f"{name} has integer dtype {x.dtype} but the model has no nn.Embedding; "
-                    "pass floating-point inputs"
-                )
-        else:
+        if torch.is_floating_point(x):
             if x.dtype != param.dtype:
                 raise TypeError(
                     f"{name} has dtype {x.dtype} but the model's parameters are {param.dtype}; "
@@ -165,6 +202,25 @@ def check_inputs(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None) ->
 
 
 @contextlib.contextmanager
+def explain_input_dtype(x: torch.Tensor) -> Iterator[None]:
+    """A model that fails on integer or boolean inputs gets an error saying so."""
+    try:
+        yield
+    except (RuntimeError, TypeError) as err:
+        if torch.is_floating_point(x) or isinstance(err, _InputDtypeError):
+            raise
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise _InputDtypeError(
+            f"x1 has dtype {x.dtype} and the model failed on it ({first}): pass "
+            "floating-point inputs, or convert them inside the model's forward"
+        ) from err
+
+
+class _InputDtypeError(TypeError):
+    pass
+
+
+@contextlib.contextmanager
 def batchnorms_in_eval(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Temporarily put train-mode BatchNorms in eval mode; flags are restored on exit."""
     switched = []
@@ -180,13 +236,28 @@ def batchnorms_in_eval(model: nn.Module, enabled: bool) -> Iterator[None]:
             m.train()
 
 
-class BufferGuard:
-    """The model's buffers as they were when the call began, put back before and after every
-    forward the engine runs, and before every call of a module owning buffers while
-    :meth:`installed` (forwards that update buffers, e.g. spectral_norm's power iteration in
-    train mode, then all compute the same function and leave no trace)."""
+def _user_module(module: nn.Module) -> bool:
+    """Whether ``module``'s class is defined outside torch (torch.nn's own forwards do not
+    modify their parameters; nn.Embedding(max_norm=...) is refused up front)."""
+    return not type(module).__module__.startswith("torch.")
+
+
+class StateGuard:
+    """The model's state as it was when the call began, for every forward the engine runs.
+
+    * Buffers are put back before each forward of the whole model (a pre-hook on the root
+      while :meth:`installed`), and after: forwards that update buffers (spectral_norm's
+      power iteration in train mode) then all compute the same function, and a module
+      applied twice sees its first call's update, as ``model(x)`` does.
+    * Parameters modified in place by a forward (seen by their version counters after every
+      forward, no synchronisation) raise ``ValueError``: the network's function would depend
+      on how often it ran. Parameters of user-defined modules are copied around the first
+      forward and restored before raising (the usual culprit: a layer clipping its own
+      weight); those of torch.nn modules are not copied (their forwards do not write them).
+    """
 
     def __init__(self, model: nn.Module) -> None:
+        self.model = model
         self.saved: dict[nn.Module, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
         self.versions: dict[int, int] = {}
         for module in dict(model.named_modules()).values():
@@ -195,6 +266,9 @@ class BufferGuard:
                     entry = (name, buf, buf.detach().clone())
                     self.saved.setdefault(module, []).append(entry)
                     self.versions[id(buf)] = buf._version
+        self.parameters = dict(model.named_parameters())
+        self.param_versions = {name: p._version for name, p in self.parameters.items()}
+        self.first = True
 
     def restore_module(self, module: nn.Module) -> None:
         """Put back what was replaced or modified in place (seen by the version counter, no
@@ -216,15 +290,66 @@ class BufferGuard:
         for module in self.saved:
             self.restore_module(module)
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        def restore(module: nn.Module, args: Any) -> None:
-            self.restore_module(module)
+    def modified_parameters(self) -> list[str]:
+        return [
+            name for name, p in self.parameters.items() if p._version != self.param_versions[name]
+        ]
 
-        restore.lplr_internal = True  # type: ignore[attr-defined]
-        handles = [m.register_forward_pre_hook(restore, prepend=True) for m in self.saved]
+    def check_parameters(self) -> None:
+        changed = self.modified_parameters()
+        if changed:
+            raise ValueError(
+                f"the model's forward modified parameter(s) {changed} in place (e.g. clipping "
+                "or renormalising a weight inside forward): the network then computes a "
+                "different function every time it runs, so its NTK at the current parameters "
+                "is undefined. Apply that change once yourself, outside forward, and compute "
+                "the NTK of the resulting model."
+            )
+
+    @contextlib.contextmanager
+    def _first_forward_snapshot(self) -> Iterator[None]:
+        """Copies of user-defined modules' parameters while the first forward context is
+        open; any that a forward modified are put back on exit."""
+        if not self.first:
+            yield
+            return
+        self.first = False
+        owned = {
+            id(p)
+            for m in self.model.modules()
+            if _user_module(m)
+            for p in m._parameters.values()
+            if p is not None
+        }
+        copies = {name: p.detach().clone() for name, p in self.parameters.items() if id(p) in owned}
         try:
             yield
+        finally:
+            with torch.no_grad():
+                for name in self.modified_parameters():
+                    if name in copies:
+                        self.parameters[name].copy_(copies[name])
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        # The hooks act on this model only, not on copies of it (a deepcopy keeps its hooks).
+        def before(module: nn.Module, args: Any) -> None:
+            if module is self.model:
+                self.restore()
+
+        def after(module: nn.Module, args: Any, output: Any) -> None:
+            if module is self.model:
+                self.check_parameters()
+
+        before.lplr_internal = True  # type: ignore[attr-defined]
+        after.lplr_internal = True  # type: ignore[attr-defined]
+        handles = [
+            self.model.register_forward_pre_hook(before, prepend=True),
+            self.model.register_forward_hook(after),
+        ]
+        try:
+            with self._first_forward_snapshot():
+                yield
         finally:
             for h in handles:
                 h.remove()
@@ -251,14 +376,51 @@ def _eager_stance() -> contextlib.AbstractContextManager:
 
 
 @contextlib.contextmanager
+def dense_embedding_gradients(model: nn.Module) -> Iterator[None]:
+    """``sparse=False`` on sparse embeddings while the engine runs: the same function and
+    derivative, with dense gradients that per-sample transforms can reshape and batch."""
+    switched = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Embedding | nn.EmbeddingBag) and getattr(m, "sparse", False)
+    ]
+    for m in switched:
+        m.sparse = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.sparse = True
+
+
+@contextlib.contextmanager
+def parametrizations_uncached() -> Iterator[None]:
+    """Parametrizations recomputed at every access while the engine runs, also inside a
+    user's ``parametrize.cached()`` block (a cached weight's graph would be freed by the
+    engine's first backward pass; the values are the same)."""
+    from torch.nn.utils import parametrize
+
+    enabled = getattr(parametrize, "_cache_enabled", 0)
+    if not enabled:
+        yield
+        return
+    parametrize._cache_enabled = 0
+    try:
+        yield
+    finally:
+        parametrize._cache_enabled = enabled
+
+
+@contextlib.contextmanager
 def forward_context(
-    model: nn.Module, bn_eval: bool, guard: BufferGuard | None = None
+    model: nn.Module, bn_eval: bool, guard: StateGuard | None = None
 ) -> Iterator[None]:
     """What every forward of the engine runs under, entered only around the computation
     (never across a yield): gradients on (also inside no_grad / inference_mode),
     torch.compile'd modules run eagerly, cuDNN off for eval-mode recurrent layers on a GPU
-    (its RNN backward refuses eval mode), train-mode BatchNorms in eval when asked, buffers
-    restored before and after."""
+    (its RNN backward refuses eval mode), train-mode BatchNorms in eval when asked, dense
+    embedding gradients, parametrizations uncached, torch's vmap performance notes
+    silenced, the model's state guarded (:class:`StateGuard`)."""
     if guard is not None:
         guard.restore()
     try:
@@ -267,8 +429,11 @@ def forward_context(
             torch.enable_grad(),
             _eager_stance(),
             full_precision(),
+            quiet_vmap(),
             cudnn_rnn_guard(model),
             batchnorms_in_eval(model, bn_eval),
+            dense_embedding_gradients(model),
+            parametrizations_uncached(),
             guard.installed() if guard is not None else contextlib.nullcontext(),
         ):
             yield
