@@ -130,4 +130,21 @@ def build_ext_class():
     return BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": build_ext_class()})
+def install_requires() -> list[str]:
+    """The runtime dependencies; torch pinned to the public version of the torch this build
+    compiles against (``2.13.0`` also matches ``2.13.0+cu130``): ``_C`` loads only with it."""
+    import torch
+
+    return [
+        f"torch=={str(torch.__version__).split('+')[0]}",
+        "numpy>=1.24",
+        "tqdm>=4.60",  # progress bars (study runner, distributed kernels, training)
+        "tomli>=1.1; python_version < '3.11'",
+    ]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": build_ext_class()},
+    install_requires=install_requires(),
+)

@@ -10,6 +10,7 @@ Set ``LPLR_REQUIRE_NATIVE=1`` to turn that fallback into an error (the test suit
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -41,11 +42,38 @@ class NativeUnavailableError(RuntimeError):
     """The compiled module is required but absent or stale."""
 
 
+def _installed_requirements() -> list[str]:
+    """Requires-Dist of the installed lplr_fast distribution ([] when there is none)."""
+    from importlib import metadata
+
+    try:
+        return metadata.requires("lplr_fast") or []
+    except metadata.PackageNotFoundError:
+        return []
+
+
+def torch_mismatch(requirements: list[str], installed: str) -> str | None:
+    """Why ``_C`` cannot load when the wheel pins another torch (setup.py pins the one it was
+    compiled against) than the ``installed`` version; None when the pin matches or is absent.
+    """
+    for requirement in requirements:
+        match = re.fullmatch(r"\s*torch\s*==\s*([^\s;]+)\s*", requirement)
+        if match and match.group(1) != installed.split("+")[0]:
+            built = match.group(1)
+            return (
+                f"this lplr_fast was built against torch {built} but torch {installed} is "
+                f"installed: install torch=={built}, or rebuild lplr_fast against torch "
+                f"{installed} (pip install --no-build-isolation --no-deps from its sdist)"
+            )
+    return None
+
+
 def _try_load() -> tuple[ModuleType | None, str | None]:
     try:
         from . import _C  # type: ignore[attr-defined]
     except ImportError as exc:
-        return None, f"lplr_fast._C could not be imported ({exc})"
+        hint = torch_mismatch(_installed_requirements(), str(torch.__version__))
+        return None, f"lplr_fast._C could not be imported ({exc})" + (f"; {hint}" if hint else "")
     info = _C.build_info()
     if info.get("kernel_api_version") != KERNEL_API_VERSION:
         return None, (

@@ -202,7 +202,21 @@ def _report(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"lplr-fast report: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        return _missing_plotting("report", exc)
     return 0
+
+
+def _missing_plotting(command: str, exc: ModuleNotFoundError) -> int:
+    """Exit code 2 with an install hint when matplotlib (an optional dependency) is missing."""
+    if exc.name is None or exc.name.split(".")[0] != "matplotlib":
+        raise exc
+    print(
+        f"lplr-fast {command}: the figures need matplotlib, which is not installed: "
+        "python3 -m pip install matplotlib (or the package's [plot] extra)",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -244,6 +258,8 @@ def _plot(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"lplr-fast plot: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        return _missing_plotting("plot", exc)
     for path in paths:
         print(path)
     return 0

@@ -15,6 +15,7 @@ from lplr_fast import Diagnostics, RunResult, eig_bounds, empirical_ntk, train
 from lplr_fast.cli import main as cli_main
 from lplr_fast.spectrum import as_matrix
 from lplr_fast.training import StopTraining
+from lplr_fast.training.checkpoint import RunFolderInUseError
 from lplr_fast.training.config import loss_scale
 
 
@@ -123,7 +124,7 @@ def test_resume_after_stop_reproduces_history(optimizer, exc, tmp_path):
     assert first.summary["status"] == "interrupted at step 23"
     assert [r["step"] for r in first.history][-1] == 22
     assert RunResult.load(tmp_path).history[-1]["step"] == 22
-    resumed = train(wide_mlp(width=256, seed=99), x, y, out_dir=tmp_path, **kwargs)
+    resumed = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
     _same_history(resumed.history, full.history)
     assert resumed.summary["fitted_rate"] == full.summary["fitted_rate"]
 
@@ -136,7 +137,7 @@ def test_resume_after_crash_reproduces_history(optimizer, tmp_path):
         train(wide_mlp(width=256), x, y, out_dir=tmp_path, on_step=crash, **kwargs)
     on_disk = RunResult.load(tmp_path)
     assert on_disk.history[-1]["step"] < 20  # written at the step-20 checkpoint
-    resumed = train(wide_mlp(width=256, seed=5), x, y, out_dir=tmp_path, **kwargs)
+    resumed = train(wide_mlp(width=256), x, y, out_dir=tmp_path, **kwargs)
     _same_history(resumed.history, full.history)
     # a completed run resumed again is a no-op (no file rewritten); a longer one continues
     stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
@@ -182,7 +183,7 @@ def test_start_with_a_different_initial_model_is_refused(tmp_path):
     kwargs = dict(lr=0.05, steps=6, diagnostics=Diagnostics(ntk_every=3))
     train(wide_mlp(width=64), x, y, out_dir=tmp_path, on_step=_stop_at(0), **kwargs)
     (tmp_path / "checkpoint.pt").unlink()  # as if killed after deriving, before a checkpoint
-    with pytest.raises(ValueError, match="initial ones"):
+    with pytest.raises(ValueError, match="initial weights"):
         train(wide_mlp(width=64, seed=1), x, y, out_dir=tmp_path, **kwargs)
     done = train(wide_mlp(width=64), x, y, out_dir=tmp_path, **kwargs)
     assert done.summary["status"] == "completed"
@@ -388,7 +389,7 @@ def test_a_run_folder_in_use_is_refused(tmp_path):
 
     def nested(step: int) -> None:
         if step == 1 and not seen:  # a second run of the same folder while the first runs
-            with pytest.raises(RuntimeError, match="in use by another running process"):
+            with pytest.raises(RunFolderInUseError, match="in use by another running process"):
                 train(wide_mlp(width=32), x, y, **kwargs)
             seen.append(step)
 

@@ -74,7 +74,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
+from .._compat import tomllib
 
 SCHEMA: dict[str, dict[str, Any]] = {
     "experiment": {"name": "", "description": "", "analysis": "runs"},

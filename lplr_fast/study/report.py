@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import __version__
 from .._backend import backend_info
+from .._compat import UTC
 from ..training import RunResult
 from ..training.analysis import CERTIFIED_BASIS
 from ..training.io import atomic_write_bytes
@@ -210,7 +211,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
             "a training run folder (summary.json, from lplr-fast train)"
         )
     info = backend_info()
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = (
         f"<h1>LPLR study report: {html.escape(title)}</h1><p class='note'>lplr_fast "
         f"{__version__}, {'compiled' if info.get('compiled') else 'PyTorch fallback'} backend; "

@@ -1,6 +1,7 @@
 """The run folder: derived values written once, checkpoints, and the result files.
 
-Files (all written atomically: temporary file, fsync, rename):
+Files (all written atomically: temporary file, fsync, rename; the two ``.pt`` files start
+with the sha256 of their content, checked before use, see ``io.atomic_torch_save``):
 
 * ``derived.pt``: the run's identity and its :class:`Derived` values, written once before
   the first step and never rewritten while the run lives;
@@ -28,9 +29,9 @@ try:
 except ImportError:  # pragma: no cover (Windows)
     fcntl = None  # type: ignore[assignment]
 
-from .io import atomic_torch_save
+from .io import DamagedFileError, atomic_torch_save, verified_torch_load
 from .result import CHECKPOINT, CONFIG_JSON, HISTORY_CSV, HISTORY_JSON, SUMMARY_CSV, SUMMARY_JSON
-from .state import FORMAT, Derived, RunState, identity_changes
+from .state import FORMAT, Derived, RunState, describe_changes, identity_changes
 
 DERIVED = "derived.pt"
 LOCK = "run.lock"
@@ -46,6 +47,22 @@ class RunFolderError(ValueError):
     def __init__(self, reason: str, folder: Path) -> None:
         super().__init__(f"{reason}; use another out_dir or resume=False to start over")
         self.reason, self.folder = reason, folder
+
+
+class RunFolderInUseError(ValueError):
+    """Another process holds the run folder's lock (it is running this run now)."""
+
+
+def _remedy(out: Path, name: str) -> str:
+    """What to do about a damaged ``name`` in the run folder ``out``."""
+    if name == CHECKPOINT:
+        return (
+            f"delete {out / CHECKPOINT} to rerun from step 0 with the stored derived values "
+            f"(the same history), or delete the folder {out} to start over"
+        )
+    return (
+        f"delete {out / DERIVED} and {out / CHECKPOINT} (or the folder {out}) to start the run over"
+    )
 
 
 class Checkpointer:
@@ -75,9 +92,9 @@ class Checkpointer:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RuntimeError(
-                    f"{self.out} is in use by another running process; wait for it to finish "
-                    "or use another out_dir"
+                raise RunFolderInUseError(
+                    f"{self.out} is in use by another running process (it holds "
+                    f"{self.out / LOCK}); wait for it to finish, or write to another folder"
                 ) from None
             try:
                 yield
@@ -106,17 +123,22 @@ class Checkpointer:
         path = self.out / name
         if not path.is_file():
             return None
-        saved = torch.load(path, map_location=self.device, weights_only=True)
-        if saved.get("format") != FORMAT:
+        try:
+            saved = verified_torch_load(path, self.device)
+        except DamagedFileError as exc:
+            raise DamagedFileError(path, f"{exc.problem}; {_remedy(self.out, name)}") from None
+        found = saved.get("format") if isinstance(saved, dict) else None
+        if found != FORMAT:
             raise RunFolderError(
-                f"{path} was written by another version of lplr_fast (format "
-                f"{saved.get('format')}, expected {FORMAT})",
+                f"{path} was written by another version of lplr_fast (format {found}, "
+                f"expected {FORMAT})",
                 self.out,
             )
         changed = identity_changes(saved["identity"], self.identity)
         if changed:
             raise RunFolderError(
-                f"{path} belongs to a different run (differs in {', '.join(changed)})", self.out
+                f"{path} belongs to a different run (differs in {describe_changes(changed)})",
+                self.out,
             )
         return saved
 

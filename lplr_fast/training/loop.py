@@ -39,6 +39,7 @@ from .state import (
     data_fingerprint,
     flat_parameters,
     model_signature,
+    model_state_digest,
     plain,
     same_parameters,
 )
@@ -224,9 +225,11 @@ def train(
             L* used in the PL ratio and the suboptimality.
         diagnostics: what to log (default ``Diagnostics()``).
         out_dir: write history/summary (CSV + JSON) and a checkpoint there as the run goes,
-            atomically. With ``resume=True`` an existing run of the same identity (same data
-            and arguments as given; ``steps`` may grow) is continued from its last
-            checkpoint, and a finished one is returned unchanged (nothing is recomputed).
+            atomically. With ``resume=True`` an existing run of the same identity (same data,
+            same initial model bitwise, same arguments as given; ``steps`` may grow) is
+            continued from its last checkpoint, and a finished one is returned unchanged
+            (nothing is recomputed); a folder of another run is refused before anything is
+            loaded into ``model``.
         checkpoint_every: steps between checkpoints (default ``diagnostics.ntk_every``).
         progress: show a progress bar (tqdm: steps, ETA, latest loss and PL ratio) on stderr.
         on_step: called with the step index at the start of every step, before anything of
@@ -258,6 +261,7 @@ def train(
     params = list(params_by_name.values())
     if not params:
         raise ValueError("the model has no trainable parameters")
+    initial_state = model_state_digest(model)  # before anything could touch the model
     device = params[0].device
     x, y = x.to(device), y.to(device)
     k = _validate(
@@ -273,7 +277,7 @@ def train(
         "l_star": l_star, "seed": seed, "diagnostics": diag.to_dict(),
         "checkpoint_every": every_ckpt,
     }  # fmt: skip
-    identity = _identity(requested, x, y, k, subset, params_by_name)
+    identity = _identity(requested, x, y, k, subset, params_by_name, initial_state)
     parallel = current()
     parallel.agree((identity, flat_parameters(params).cpu()), "run (arguments, data, model)")
     opt = torch.optim.SGD(params, lr=1.0, momentum=momentum)  # lr set once derived
@@ -307,9 +311,10 @@ def _identity(
     k: int,
     subset: torch.Tensor,
     params: dict[str, torch.Tensor],
+    initial_state: str,
 ) -> dict[str, Any]:
     """The run's identity (``state.py``): the arguments as requested, and what identifies
-    the data and the model's parameters."""
+    the data and the initial model (``initial_state``: :func:`model_state_digest`)."""
     return plain(
         {
             **requested,
@@ -318,6 +323,7 @@ def _identity(
             "ntk_samples": subset.numel(),
             "data_fingerprint": data_fingerprint(x, y),
             "model": model_signature(params),
+            "model_state": initial_state,
             "eps": torch.finfo(next(iter(params.values())).dtype).eps,
         }
     )

@@ -42,15 +42,11 @@ Example configurations ship with the package (``lplr_fast/training/examples/*.to
 
 from __future__ import annotations
 
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # the same parser under its PyPI name (a dependency on Python 3.10 only)
-    import tomli as tomllib
+from .._compat import tomllib
 
 SCHEMA: dict[str, dict[str, Any]] = {
     "data": {"dataset": "teacher", "path": "", "n": 64, "seed": 0, "dtype": "float64"},

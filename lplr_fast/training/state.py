@@ -1,8 +1,10 @@
 """What a training run is (its identity), what is derived from it once, and what changes.
 
 * ``identity``: the run as the user asked for it — arguments as given (``lr = "auto"`` stays
-  the string "auto", with its ``lr_fraction``), the data's fingerprint, the model's parameter
-  signature. Two invocations with the same identity are the same run; ``steps`` may grow.
+  the string "auto", with its ``lr_fraction``), a digest of the data (x, y: shapes, dtypes,
+  bytes), the model's parameter signature and a digest of its initial state (every parameter
+  and buffer, bitwise). Two invocations with the same identity are the same run; ``steps``
+  may grow.
 * :class:`Derived`: the values computed once at the start from the initial model — θ₀, the
   NTK Θ₀ on the diagnostic samples with its eigenvalue bounds, β₀ and the step size that
   ``lr = "auto"`` resolves to. Stored once (atomically) and reused by every resumption, so a
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-FORMAT = 2  # version of the run-folder files (derived.pt, checkpoint.pt)
+FORMAT = 3  # version of the run-folder files (derived.pt, checkpoint.pt)
 
 
 class StopTraining(Exception):
@@ -27,13 +29,42 @@ class StopTraining(Exception):
     the start of the current step is checkpointed and the partial result returned."""
 
 
+# what an identity key stands for, in refusals ("differs in ...")
+IDENTITY_KEYS = {
+    "data_fingerprint": "the data (x, y)",
+    "model_state": "the model's initial weights: parameters and buffers",
+    "model": "the model's parameter names, shapes or dtypes",
+}
+
+
+def _update(digest: Any, name: str, t: torch.Tensor) -> None:
+    """Feed a tensor's name, shape, dtype and bytes (bitwise, any dtype) to ``digest``."""
+    t = t.detach()
+    digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+    digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    """16 hex digits of sha256 over the shapes and float64 values of x and y."""
+    """sha256 (hex) over the shapes, dtypes and bytes of x and y."""
     digest = hashlib.sha256()
-    for t in (x, y):
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.detach().double().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    for name, t in (("x", x), ("y", y)):
+        _update(digest, name, t)
+    return digest.hexdigest()
+
+
+def model_state_digest(model: torch.nn.Module) -> str:
+    """sha256 (hex) over every entry of ``model.state_dict()`` (parameters and buffers): its
+    name, shape, dtype and bytes."""
+    digest = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if torch.is_tensor(t):
+            _update(digest, name, t)
+    return digest.hexdigest()
+
+
+def describe_changes(keys: list[str]) -> str:
+    """The identity keys that differ, with what they stand for where that is not obvious."""
+    return ", ".join(f"{k} ({IDENTITY_KEYS[k]})" if k in IDENTITY_KEYS else k for k in keys)
 
 
 def model_signature(params: dict[str, torch.Tensor]) -> list[tuple[str, tuple[int, ...], str]]:
