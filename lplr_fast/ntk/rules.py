@@ -432,9 +432,10 @@ def as_grad_features(f: Features) -> GradFeatures:
 @torch.no_grad()
 def accumulate_pair(out: torch.Tensor, f1: Features, f2: Features | None, compute: str) -> None:
     """out += NTK contribution of the pair (f1 rows, f2 columns); f2 None means f1 with itself
-    (symmetric, upper triangle computed once); no autograd graph is recorded. Two uses of one module whose features differ
-    in kind (a Linear applied to (n, d) and to (n, T, d) inputs, or conv uses routed
-    differently by the cost model) are paired through their per-sample gradients."""
+    (symmetric, upper triangle computed once); no autograd graph is recorded. Two uses of
+    one module whose features differ in kind (a Linear applied to (n, d) and to (n, T, d)
+    inputs, or conv uses routed differently by the cost model) are paired through their
+    per-sample gradients."""
     if f2 is not None and type(f1) is not type(f2):
         f1, f2 = as_grad_features(f1), as_grad_features(f2)
     if isinstance(f1, DenseFeatures):
