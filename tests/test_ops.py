@@ -406,3 +406,14 @@ def test_gram_refuses_out_aliasing_an_input(n, route, rng):
 def test_tile_stats_refuses_index_overflow():
     with pytest.raises(ValueError, match="must fit in int64"):
         OPS.tile_stats(torch.zeros(3, 3, dtype=torch.float64), 2**63 - 2, 0)
+
+
+def test_gram_refuses_aliasing_through_separate_storages(rng):
+    numpy = pytest.importorskip("numpy")
+    n = 300
+    buffer = numpy.random.default_rng(0).standard_normal(n * n + n * 3)
+    out = torch.from_numpy(buffer)[: n * n].view(n, n)
+    a = torch.from_numpy(buffer)[: n * 3].view(n, 3)  # a second storage over out's memory
+    g = torch.randn(n, 1, 2, generator=rng, dtype=torch.float64)
+    with pytest.raises(ValueError, match="out shares memory with a1"):
+        gram_accumulate(out, a, g, compute="trace")
