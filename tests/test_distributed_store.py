@@ -18,7 +18,7 @@ from torch import nn
 
 import lplr_fast
 from lplr_fast import distributed as D
-from lplr_fast.distributed.fingerprint import model_fingerprint
+from lplr_fast.fingerprint import model_fingerprint
 from lplr_fast.models import MLP
 from tests.dist_launch import ROOT
 from tests.dist_worker import model_and_data
@@ -68,7 +68,7 @@ def test_fingerprint_is_the_same_in_a_fresh_process():
     code = textwrap.dedent("""
         import torch
         from lplr_fast.models import MLP
-        from lplr_fast.distributed.fingerprint import model_fingerprint
+        from lplr_fast.fingerprint import model_fingerprint
         torch.manual_seed(0)
         m = MLP(4, [16, 16], 2, activation="relu", parameterization="ntk", w_std=2.0).double()
         print(model_fingerprint(m))

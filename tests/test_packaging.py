@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sdist_manifest_includes_every_requirements_file_the_readme_uses():
+    if not (ROOT / "MANIFEST.in").is_file():  # tests run against an installed wheel (CI)
+        pytest.skip("needs the source tree (README.md, MANIFEST.in)")
     used = set(re.findall(r"-r\s+(\S+\.txt)", (ROOT / "README.md").read_text()))
     assert "requirements-nodeps.txt" in used
     included = set()

@@ -54,7 +54,7 @@ def test_other_initial_model_is_refused_and_left_untouched(tmp_path, interrupted
     run(mlp(0), tmp_path, on_step=on_step)
     other = mlp(1)
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(ValueError, match=r"model_state \(the model's initial weights"):
+    with pytest.raises(ValueError, match=r"model_state \(the initial model"):
         run(other, tmp_path)
     after = other.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items()), "folder's weights loaded"
@@ -71,6 +71,31 @@ def test_other_buffers_are_refused(tmp_path):
     changed.scale[1] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
     with pytest.raises(ValueError, match="model_state"):
         run(changed, tmp_path, steps=3)
+
+
+def test_other_python_state_is_refused(tmp_path):
+    from lplr_fast.models import MLP
+
+    def ntk_mlp(w_std: float) -> nn.Module:  # "ntk": same weights, w_std only in a float
+        torch.manual_seed(0)
+        return MLP(4, [16], 1, parameterization="ntk", w_std=w_std).double()
+
+    run(ntk_mlp(1.0), tmp_path, steps=3)
+    with pytest.raises(ValueError, match="model_state"):
+        run(ntk_mlp(2.0), tmp_path, steps=3)
+
+
+def test_other_non_persistent_buffers_are_refused(tmp_path):
+    def projected(seed: int) -> nn.Module:
+        model = mlp(0)
+        proj = torch.randn(3, 3, generator=torch.Generator().manual_seed(seed))
+        model.register_buffer("proj", proj.double(), persistent=False)
+        return model
+
+    run(projected(1), tmp_path, steps=3)
+    with pytest.raises(ValueError, match="model_state"):
+        run(projected(2), tmp_path, steps=3)
+    run(projected(1), tmp_path, steps=3)  # the same model resumes
 
 
 def test_other_data_is_refused_bitwise(tmp_path):
@@ -129,7 +154,7 @@ def test_cli_other_model_seed_is_refused(tmp_path):
     assert json.loads((out / "config.json").read_text())["model_state"]  # recorded
     refused = cli(small_config(tmp_path, 1), out)
     assert refused.returncode == 2, refused.stderr
-    assert "initial weights" in refused.stderr and "Traceback" not in refused.stderr
+    assert "initial model" in refused.stderr and "Traceback" not in refused.stderr
     assert (out / "history.json").read_bytes() == history
 
 

@@ -183,7 +183,7 @@ def test_start_with_a_different_initial_model_is_refused(tmp_path):
     kwargs = dict(lr=0.05, steps=6, diagnostics=Diagnostics(ntk_every=3))
     train(wide_mlp(width=64), x, y, out_dir=tmp_path, on_step=_stop_at(0), **kwargs)
     (tmp_path / "checkpoint.pt").unlink()  # as if killed after deriving, before a checkpoint
-    with pytest.raises(ValueError, match="initial weights"):
+    with pytest.raises(ValueError, match="initial model"):
         train(wide_mlp(width=64, seed=1), x, y, out_dir=tmp_path, **kwargs)
     done = train(wide_mlp(width=64), x, y, out_dir=tmp_path, **kwargs)
     assert done.summary["status"] == "completed"

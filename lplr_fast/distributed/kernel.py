@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fingerprint import data_fingerprint, model_fingerprint
 from ..ntk.engine import VERIFY_OPTIONS, TileSource, tile_source
 from ..ntk.probe import ProbeMismatchError, ProbeReport
 from ..spectrum import SpectrumBounds, StreamingBounds
-from .fingerprint import data_fingerprint, model_fingerprint
 from .group import (
     DistributedError,
     agree,

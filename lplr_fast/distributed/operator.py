@@ -28,13 +28,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.func import jvp, vjp
 
+from ..fingerprint import data_fingerprint, model_fingerprint
 from ..ntk.engine import _prepare, available_memory_bytes
 from ..ntk.reference import functional
 from ..ntk.validation import batchnorms_in_eval, train_mode_batchnorms
 from ..spectrum import SpectrumBounds, StreamingBounds, eig_bounds
 from ..spectrum.bounds import dense_limit as device_dense_limit
 from ..spectrum.lanczos import LanczosResult, _tridiagonal_eigh, lanczos
-from .fingerprint import data_fingerprint, model_fingerprint
 from .group import agree, all_reduce_, broadcast, gather, rank_and_size
 from .schedule import shard, split
 from .store import StoredKernel, StoreError

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from ..fingerprint import model_fingerprint
+
 FORMAT = 3  # version of the run-folder files (derived.pt, checkpoint.pt)
 
 
@@ -32,7 +34,7 @@ class StopTraining(Exception):
 # what an identity key stands for, in refusals ("differs in ...")
 IDENTITY_KEYS = {
     "data_fingerprint": "the data (x, y)",
-    "model_state": "the model's initial weights: parameters and buffers",
+    "model_state": "the initial model: its parameters, buffers and its modules' Python state",
     "model": "the model's parameter names, shapes or dtypes",
 }
 
@@ -53,13 +55,11 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 
 
 def model_state_digest(model: torch.nn.Module) -> str:
-    """sha256 (hex) over every entry of ``model.state_dict()`` (parameters and buffers): its
-    name, shape, dtype and bytes."""
-    digest = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        if torch.is_tensor(t):
-            _update(digest, name, t)
-    return digest.hexdigest()
+    """sha256 (hex) of the model: class, structure, every parameter and buffer (persistent or
+    not: name, shape, dtype, bytes), which parameters are trained, and every submodule's
+    plain Python state (:func:`lplr_fast.fingerprint.model_fingerprint`). A torch.compile
+    wrapper counts as the module it wraps."""
+    return model_fingerprint(getattr(model, "_orig_mod", model))
 
 
 def describe_changes(keys: list[str]) -> str:

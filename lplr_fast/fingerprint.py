@@ -1,18 +1,21 @@
-"""What identifies a kernel: the model (structure, parameters, buffers, which parameters are
-trained, and the plain Python state its modules keep), the data and the options that change
-its numbers. A store made for one fingerprint refuses any other, so tiles of different
-kernels never mix.
+"""What identifies a kernel or a training run: the model (structure, parameters, buffers,
+which parameters are trained, and the plain Python state its modules keep), the data and the
+options that change its numbers. A store or run folder made for one fingerprint refuses any
+other, so tiles or histories of different kernels never mix.
 
 The model's Python state: every entry of every submodule's ``__dict__`` that ``nn.Module``
 does not manage itself (``input_scales = [0.5, 1.0]``, ``self.act = "tanh"``, a tensor kept as
 a plain attribute, a function), serialised deterministically: numbers exactly (floats as
 ``float.hex``), strings, None, tuples/lists/dicts/sets of those, tensors by their bytes,
-classes by their qualified name, functions by name, constants, defaults and captured values
-(``functools.partial`` by function and arguments), other objects by their type and their own
-``__dict__`` (or, lacking one, their ``repr`` without memory addresses). Forward hooks are
-named too. State the fingerprint cannot see (globals, closures' captured values, a C
+numpy arrays by dtype, shape and bytes, classes by their qualified name, functions by name,
+constants, defaults and captured values (``functools.partial`` by function and arguments),
+other objects by their type and their own ``__dict__`` (or, lacking one, their ``repr``
+without memory addresses). An object met again (shared or cyclic references) counts as a
+reference to its first visit, so the cost is linear in the objects reached. Forward hooks and
+``get_extra_state()`` are included too. State the fingerprint cannot see (globals, a C
 extension's hidden fields) is caught instead by the numerical check of a reused store
-(:mod:`.kernel`: one stored tile recomputed and compared before the rest is adopted).
+(:mod:`lplr_fast.distributed.kernel`: one stored tile recomputed and compared before the rest
+is adopted).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import types
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,21 +41,26 @@ _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_
 
 def _update_tensor(digest: Any, name: str, t: torch.Tensor) -> None:
     t = t.detach()
-    digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-    data = t.cpu().contiguous()
-    if data.dtype == torch.bfloat16:
-        data = data.view(torch.int16)
-    digest.update(data.numpy().tobytes())
+    digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{t.layout}|".encode())
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    data = t.cpu().resolve_conj().resolve_neg().contiguous().reshape(-1)
+    if data.numel():
+        digest.update(data.view(torch.uint8).numpy().tobytes())  # any dtype, bit for bit
 
 
 def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
-def plain_state(value: Any, depth: int = 0) -> Any:
+Seen = dict[int, tuple[int, Any]]  # id → (visit number, the object: kept alive, so no id reuse)
+
+
+def plain_state(value: Any, depth: int = 0, seen: Seen | None = None) -> Any:
     """A deterministic, picklable and JSON-able description of ``value`` (module docstring):
     equal for equal values in any process, different when a number, string or structure
-    differs. Tensors become ("tensor", shape, dtype, sha256 of their bytes)."""
+    differs. Tensors become ("tensor", shape, dtype, sha256 of their bytes). ``seen`` maps
+    the ids of containers and objects already described to their visit number."""
     if depth > _DEPTH:
         return ("deep", _qualname(type(value)))
     if value is None or isinstance(value, bool | int | str | bytes):
@@ -72,29 +81,52 @@ def plain_state(value: Any, depth: int = 0) -> Any:
         return ("device", value.type)  # cuda:LOCAL_RANK differs between ranks, not the model
     if isinstance(value, nn.Module):
         return ("module", _qualname(type(value)))  # hashed in full as a submodule
+    if isinstance(value, np.ndarray):
+        return _array_state(value, depth, seen)
+    if isinstance(value, np.generic):
+        return ("numpy", str(value.dtype), value.tobytes().hex())
+    seen = {} if seen is None else seen
+    if id(value) in seen:
+        return ("seen", seen[id(value)][0])
+    seen[id(value)] = (len(seen), value)
+    return _composite_state(value, depth, seen)
+
+
+def _array_state(a: np.ndarray, depth: int, seen: Seen | None) -> Any:
+    if a.dtype.hasobject:
+        return ("ndarray", a.shape, str(a.dtype), plain_state(a.tolist(), depth + 1, seen))
+    digest = hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    return ("ndarray", a.shape, a.dtype.str, digest)
+
+
+def _composite_state(value: Any, depth: int, seen: Seen) -> Any:
+    """Containers, callables and objects (first visit)."""
     if isinstance(value, list | tuple):
-        return (type(value).__name__, [plain_state(v, depth + 1) for v in value])
+        return (type(value).__name__, [plain_state(v, depth + 1, seen) for v in value])
     if isinstance(value, dict):
-        items = [(plain_state(k, depth + 1), plain_state(v, depth + 1)) for k, v in value.items()]
+        items = [
+            (plain_state(k, depth + 1, seen), plain_state(v, depth + 1, seen))
+            for k, v in value.items()
+        ]
         return ("dict", sorted(items, key=repr))
     if isinstance(value, set | frozenset):
-        return ("set", sorted((plain_state(v, depth + 1) for v in value), key=repr))
+        return ("set", sorted((plain_state(v, depth + 1, seen) for v in value), key=repr))
     if isinstance(value, types.FunctionType):
-        return _function_state(value, depth)
+        return _function_state(value, depth, seen)
     if isinstance(value, functools.partial):
         parts = (value.func, value.args, value.keywords)
-        return ("partial", plain_state(parts, depth + 1))
+        return ("partial", plain_state(parts, depth + 1, seen))
     if isinstance(value, types.BuiltinFunctionType | type):
         return ("callable", _qualname(value))
     if isinstance(value, types.MethodType):
-        return ("method", _qualname(value.__func__), plain_state(value.__self__, depth + 1))
+        return ("method", _qualname(value.__func__), plain_state(value.__self__, depth + 1, seen))
     state = getattr(value, "__dict__", None)
     if isinstance(state, dict) and not isinstance(value, types.ModuleType):
-        return ("object", _qualname(type(value)), plain_state(state, depth + 1))
+        return ("object", _qualname(type(value)), plain_state(state, depth + 1, seen))
     return ("repr", _qualname(type(value)), _ADDRESS.sub("", repr(value)))
 
 
-def _function_state(fn: types.FunctionType, depth: int) -> Any:
+def _function_state(fn: types.FunctionType, depth: int, seen: Seen) -> Any:
     """A Python function by name, constants, defaults and captured values (so that
     ``lambda h: h * 2.0`` and ``lambda h: h * 3.0`` differ); its byte code and source
     location are left out (they change with the Python version and install path)."""
@@ -107,17 +139,21 @@ def _function_state(fn: types.FunctionType, depth: int) -> Any:
         except ValueError:  # an empty cell
             cells.append(None)
     parts = (consts, fn.__defaults__, fn.__kwdefaults__, cells)
-    return ("function", _qualname(fn), plain_state(parts, depth + 1))
+    return ("function", _qualname(fn), plain_state(parts, depth + 1, seen))
 
 
 def module_state(module: nn.Module) -> dict[str, Any]:
-    """The Python state of one module (not its parameters, buffers or submodules)."""
-    out = {k: plain_state(v) for k, v in sorted(module.__dict__.items())
+    """The Python state of one module (not its parameters, buffers or submodules), with what
+    ``get_extra_state()`` returns where a module defines it."""
+    seen: Seen = {}
+    out = {k: plain_state(v, 0, seen) for k, v in sorted(module.__dict__.items())
            if k not in _MODULE_INTERNALS}  # fmt: skip
     for hooks in _HOOKS:
         found = getattr(module, hooks, None)
         if found:
-            out[hooks] = [plain_state(h) for h in found.values()]
+            out[hooks] = [plain_state(h, 0, seen) for h in found.values()]
+    if type(module).get_extra_state is not nn.Module.get_extra_state:
+        out["_extra_state"] = plain_state(module.get_extra_state(), 0, seen)
     return out
 
 
