@@ -244,3 +244,20 @@ def test_run_file_of_an_older_version_is_named(tmp_path):
     torch.save(saved, path)  # as lplr_fast wrote it before digests
     with pytest.raises(ValueError, match=r"checkpoint\.pt is damaged: written by an older"):
         run(mlp(0), tmp_path, steps=3)
+
+
+def test_extra_state_a_checkpoint_cannot_reload_is_refused_up_front(tmp_path):
+    class Tagged(nn.Linear):
+        def get_extra_state(self):
+            return object()  # not loadable with weights_only=True
+
+        def set_extra_state(self, state) -> None:
+            pass
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Tagged(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    refusal = r"get_extra_state\(\) returns a 'object' object.*without out_dir"
+    with pytest.raises(ValueError, match=refusal):
+        run(model, tmp_path, steps=2)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    run(model, None, steps=2)  # without a run folder nothing needs reloading

@@ -41,6 +41,7 @@ from .state import (
     model_signature,
     model_state_digest,
     plain,
+    require_reloadable_extra_state,
     same_parameters,
 )
 from .step import StepContext, bounds_dict, diagnostic_kernel, kernel_bounds, take_step
@@ -262,6 +263,8 @@ def train(
     if not params:
         raise ValueError("the model has no trainable parameters")
     initial_state = model_state_digest(model)  # before anything could touch the model
+    if out_dir is not None:  # every rank: they all hold the same model
+        require_reloadable_extra_state(model)
     device = params[0].device
     x, y = x.to(device), y.to(device)
     k = _validate(

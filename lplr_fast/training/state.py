@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,6 +61,29 @@ def model_state_digest(model: torch.nn.Module) -> str:
     plain Python state (:func:`lplr_fast.fingerprint.model_fingerprint`). A torch.compile
     wrapper counts as the module it wraps."""
     return model_fingerprint(getattr(model, "_orig_mod", model))
+
+
+def require_reloadable_extra_state(model: torch.nn.Module) -> None:
+    """Refuse, before the first step, a model whose ``get_extra_state()`` returns something a
+    checkpoint cannot be reloaded with (checkpoints are read with
+    ``torch.load(weights_only=True)``: tensors, numbers, strings and containers of them)."""
+    for name, module in model.named_modules():
+        if type(module).get_extra_state is torch.nn.Module.get_extra_state:
+            continue
+        extra = module.get_extra_state()
+        buffer = io.BytesIO()
+        torch.save(extra, buffer)
+        buffer.seek(0)
+        try:
+            torch.load(buffer, weights_only=True)
+        except Exception as err:  # what weights_only refuses varies with the object
+            where, kind = name or type(module).__name__, type(extra).__qualname__
+            raise ValueError(
+                f"module {where!r}: get_extra_state() returns a {kind!r} object, which "
+                "a checkpoint cannot be reloaded with (run files are read with "
+                "torch.load(weights_only=True)); return tensors, numbers, strings or "
+                "lists/dicts of them, or train without out_dir"
+            ) from err
 
 
 def describe_changes(keys: list[str]) -> str:
