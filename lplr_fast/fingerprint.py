@@ -174,6 +174,22 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def fingerprint_parts(model: nn.Module) -> dict[str, str]:
+    """The pieces of :func:`model_fingerprint` by name, to say which one differs: each
+    parameter/buffer (sha256 of its bytes, 16 hex digits) and each module's Python attribute
+    (its description, shortened)."""
+    parts: dict[str, str] = {}
+    for prefix, named in (("", model.named_parameters), ("", model.named_buffers)):
+        for name, t in named(remove_duplicate=False):
+            digest = hashlib.sha256()
+            _update_tensor(digest, name, t)
+            parts[prefix + name] = digest.hexdigest()[:16]
+    for name, module in model.named_modules(remove_duplicate=False):
+        for key, value in module_state(module).items():
+            parts[f"{name}.{key}" if name else key] = repr(value)[:200]
+    return parts
+
+
 def data_fingerprint(*tensors: torch.Tensor | None) -> str:
     """sha256 (hex) of the tensors' shapes, dtypes and bytes (None counts as a marker)."""
     digest = hashlib.sha256()
@@ -185,4 +201,10 @@ def data_fingerprint(*tensors: torch.Tensor | None) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["data_fingerprint", "model_fingerprint", "module_state", "plain_state"]
+__all__ = [
+    "data_fingerprint",
+    "fingerprint_parts",
+    "model_fingerprint",
+    "module_state",
+    "plain_state",
+]

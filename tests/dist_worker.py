@@ -169,11 +169,18 @@ def mismatch(out: Path) -> dict:
     if dist.get_rank() == 1:
         x = x.clone()
         x[3, 2] += 1e-9
+    found = {"error": None, "attribute_error": None}
     try:
         D.empirical_ntk(model, x, store=out / "store-mismatch", block_size=4)
     except D.DistributedError as exc:
-        return {"error": str(exc)}
-    return {"error": None}
+        found["error"] = str(exc)
+    model, x, _ = model_and_data(11)
+    model.tag = f"device-{dist.get_rank()}"  # a per-rank attribute: another model's state
+    try:
+        D.empirical_ntk(model, x, store=out / "store-mismatch-2", block_size=4)
+    except D.DistributedError as exc:
+        found["attribute_error"] = str(exc)
+    return found
 
 
 def arguments(out: Path) -> dict:

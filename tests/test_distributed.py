@@ -147,6 +147,8 @@ def test_ranks_with_different_data_are_refused(tmp_path):
     found = results(tmp_path, 2, launch("mismatch", 2, tmp_path))
     for got in found:
         assert got["error"] is not None and "disagree" in got["error"]
+        named = got["attribute_error"]
+        assert named is not None and "tag" in named and "device-1" in named, named
     assert not (tmp_path / "store-mismatch").exists()  # refused before any work
 
 

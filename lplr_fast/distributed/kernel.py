@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fingerprint import data_fingerprint, model_fingerprint
+from ..fingerprint import data_fingerprint, fingerprint_parts, model_fingerprint
 from ..ntk.engine import VERIFY_OPTIONS, TileSource, tile_source
 from ..ntk.probe import ProbeMismatchError, ProbeReport
 from ..spectrum import SpectrumBounds, StreamingBounds
@@ -130,8 +130,19 @@ def prepare(
     }
     options = {"batchnorm": batchnorm, "conv_route": conv_route}
     config = _config(src, fingerprints, options)
-    agree(config, "kernel (model, data and options)", group)
+    try:
+        agree(config, "kernel (model, data and options)", group)
+    except DistributedError:  # raised on every rank alike: name the model's differing part
+        if _fingerprints_differ(fingerprints["model"], group):
+            agree(fingerprint_parts(job.model), "model (parameters, buffers, attributes)", group)
+        raise
     return src, config
+
+
+def _fingerprints_differ(mine: str, group: Any) -> bool:
+    """Whether the ranks' model fingerprints differ (the same answer on every rank)."""
+    every = all_gather(mine, "comparing the ranks' model fingerprints", group)
+    return len(set(every)) > 1
 
 
 def _open_store(
