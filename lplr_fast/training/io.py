@@ -140,8 +140,8 @@ def verified_torch_load(path: Path, map_location: Any) -> Any:
     actual = hashlib.sha256(body).hexdigest()
     if actual != expected:
         raise DamagedFileError(
-            path, f"its content does not match its sha256 (stored {expected[:12]}…, "
-            f"found {actual[:12]}…: truncated or corrupted on disk)"
+            path, f"its content does not match its sha256 (stored {expected}, "
+            f"found {actual}: truncated or corrupted on disk)"
         )  # fmt: skip
     try:
         return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
