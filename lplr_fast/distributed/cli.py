@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import sys
 from typing import Any
 
@@ -138,20 +137,11 @@ def _report(args: argparse.Namespace, point: Any, data: Any, result: Any, extra:
             "dense_skipped": extra.dense_skipped,
             "lanczos": None if extra.lanczos is None else extra.lanczos.to_dict(),
         }
+        from ..training.io import json_safe
         from .store import TileStore
 
-        TileStore(store.path).write_summary(_json_safe(summary))
+        TileStore(store.path).write_summary(json_safe(summary))
     print(f"summary: {store.path / 'summary.json'}")
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 __all__ = ["add_parser", "run"]

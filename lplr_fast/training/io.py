@@ -64,19 +64,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as JSON-able markers (None for NaN, "inf", "-inf")."""
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """JSON with NaN written as null and ±inf as strings (strict JSON readers accept it)."""
-    atomic_write_bytes(path, (json.dumps(_json_safe(obj), indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(json_safe(obj), indent=1) + "\n").encode())
 
 
 def atomic_write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
