@@ -14,20 +14,9 @@ from torch.nn.utils import parametrizations, parametrize
 from lplr_fast import ProbeMismatchError, empirical_ntk, ntk_blocks
 from lplr_fast.ntk import engine, probe
 
-from .zoo import K, OutlierHead, build, inputs
+from .zoo import K, OutlierHead, build, inputs, reduce, rel
 
 MODES = ("full", "trace", "diagonal")
-
-
-def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((x - ref).norm() / ref.norm()).item()
-
-
-def reduce(full: torch.Tensor, compute: str) -> torch.Tensor:
-    if compute == "full":
-        return full
-    diag = full.diagonal(dim1=2, dim2=3)
-    return diag.sum(-1) if compute == "trace" else diag
 
 
 def jacobian_of_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 
 from lplr_fast import empirical_ntk, ntk_blocks
 
-from .zoo import REFUSED, ZOO, K, build, build_refused, inputs
+from .zoo import REFUSED, ZOO, K, build, build_refused, inputs, reduce, rel
 
 MODES = ("full", "trace", "diagonal")
 
@@ -52,17 +52,6 @@ def assert_same_state(before: dict, after: dict) -> None:
     for name, (bid, value) in before["buffers"].items():
         bid2, value2 = after["buffers"][name]
         assert bid == bid2 and torch.equal(value, value2), name
-
-
-def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((x - ref).norm() / ref.norm()).item()
-
-
-def reduce(full: torch.Tensor, compute: str) -> torch.Tensor:
-    if compute == "full":
-        return full
-    diag = full.diagonal(dim1=2, dim2=3)
-    return diag.sum(-1) if compute == "trace" else diag
 
 
 def test_zoo_is_large_enough():

@@ -931,3 +931,16 @@ def build_refused(name: str, seed: int = 0) -> nn.Module:
     model = builder().double()  # type: ignore[operator]
     random = name in ("attention_dropout_train", "functional_dropout")
     return model.train() if random else model.eval()
+
+
+def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative Frobenius error of x against ref."""
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def reduce(full: torch.Tensor, compute: str) -> torch.Tensor:
+    """The (n1, n2, k, k) kernel reduced to what ``compute`` returns."""
+    if compute == "full":
+        return full
+    diag = full.diagonal(dim1=2, dim2=3)
+    return diag.sum(-1) if compute == "trace" else diag
