@@ -45,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..training.io import atomic_write_bytes, atomic_write_json
+from ..training.io import atomic_write_bytes, atomic_write_json, exclusive_lock
 from .schedule import Tile, TileGrid
 
 FORMAT = "lplr-fast ntk store"
@@ -572,19 +572,14 @@ def _compare(have: dict[str, Any], want: dict[str, Any], path: Path) -> None:
 def job_lock(path: str | Path) -> Iterator[None]:
     """An exclusive lock on STORE/.lock for one job (held by its rank 0): a second job on the
     same store is refused instead of racing it. The OS drops it when the holder dies."""
-    import fcntl
 
-    with open(Path(path) / ".lock", "a") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(
-                f"{path} is being written by another job; wait for it or use another store"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    def refusal() -> StoreError:
+        return StoreError(
+            f"{path} is being written by another job; wait for it or use another store"
+        )
+
+    with exclusive_lock(Path(path) / ".lock", refusal):
+        yield
 
 
 def open_store(path: str | Path) -> StoredKernel:

@@ -24,12 +24,7 @@ from typing import Any
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover (Windows)
-    fcntl = None  # type: ignore[assignment]
-
-from .io import DamagedFileError, atomic_torch_save, verified_torch_load
+from .io import DamagedFileError, atomic_torch_save, exclusive_lock, verified_torch_load
 from .result import CHECKPOINT, CONFIG_JSON, HISTORY_CSV, HISTORY_JSON, SUMMARY_CSV, SUMMARY_JSON
 from .state import FORMAT, Derived, RunState, describe_changes, identity_changes
 
@@ -85,21 +80,15 @@ class Checkpointer:
         """Hold an exclusive lock on the folder (``run.lock``, flock) while a run uses it: a
         second process running the same run at the same time is refused. The kernel drops
         the lock when its holder dies, SIGKILL included."""
-        if fcntl is None:  # not POSIX: no lock
+
+        def refusal() -> RunFolderInUseError:
+            return RunFolderInUseError(
+                f"{self.out} is in use by another running process (it holds "
+                f"{self.out / LOCK}); wait for it to finish, or write to another folder"
+            )
+
+        with exclusive_lock(self.out / LOCK, refusal):
             yield
-            return
-        with open(self.out / LOCK, "a") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunFolderInUseError(
-                    f"{self.out} is in use by another running process (it holds "
-                    f"{self.out / LOCK}); wait for it to finish, or write to another folder"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _remove_temporaries(self) -> None:
         """Temporary files of interrupted atomic writes (``.NAME.xxxx`` of our own files)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -9,10 +10,16 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -148,3 +155,22 @@ def verified_torch_load(path: Path, map_location: Any) -> Any:
         return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise DamagedFileError(path, f"torch.load failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, refusal: Callable[[], Exception]) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if missing) while inside; raise
+    ``refusal()`` when another process holds it. The kernel drops the lock when its holder
+    dies, SIGKILL included. Without fcntl (not POSIX) nothing is locked."""
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise refusal() from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
