@@ -20,7 +20,6 @@ at most the steps since the last checkpoint of the point that was running.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import time
@@ -34,7 +33,7 @@ import torch
 from ..spectrum import as_matrix, eig_bounds
 from ..training import Diagnostics, RunResult, train
 from ..training.config import loss_scale
-from ..training.io import atomic_write_csv, atomic_write_json
+from ..training.io import atomic_write_csv, atomic_write_json, exclusive_lock
 from ..training.parallel import SingleProcess, current
 from .build import BuiltData, ImageCache, build_data, build_model, dataset_now, describe_model
 from .config import Point, StudyConfig
@@ -362,17 +361,14 @@ def _exclusive_shared(out: Path, parallel: SingleProcess) -> Iterator[None]:
 def _exclusive(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out/.lock`` (released by the OS if the process dies)."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StudyLockedError(
-                f"{out} is in use by another lplr-fast process; wait for it or use another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def refusal() -> StudyLockedError:
+        return StudyLockedError(
+            f"{out} is in use by another lplr-fast process; wait for it or use another --out"
+        )
+
+    with exclusive_lock(out / ".lock", refusal):
+        yield
 
 
 def _run_points(
